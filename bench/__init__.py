@@ -1,0 +1,1 @@
+"""Benchmark and GPU-check tools (not imported by the service)."""

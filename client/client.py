@@ -1,0 +1,80 @@
+"""Thin clients over the gateway's HTTP API (httpx). Errors come back as
+`RerankerError` carrying the HTTP status and the gateway's error type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://localhost:8000"
+
+
+class RerankerError(Exception):
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(f"{status} {error_type}: {message}")
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+def _result(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        body = response.json()
+        raise RerankerError(response.status_code, body.get("error_type", "error"), body.get("error", response.text))
+    except ValueError:
+        raise RerankerError(response.status_code, "error", response.text) from None
+
+
+class RerankerClient:
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, **httpx_options: Any) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+
+    def rerank(self, query: str, document: str) -> float:
+        return _result(self._http.post("/rerank", json={"query": query, "document": document}))["score"]
+
+    def switch_model(self, model_name: str) -> dict:
+        return _result(self._http.post("/switch_model", json={"model_name": model_name}))
+
+    def models(self) -> dict:
+        return _result(self._http.get("/models"))
+
+    def health(self) -> dict:
+        return _result(self._http.get("/health"))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "RerankerClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRerankerClient:
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, **httpx_options: Any) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_options)
+
+    async def rerank(self, query: str, document: str) -> float:
+        return _result(await self._http.post("/rerank", json={"query": query, "document": document}))["score"]
+
+    async def switch_model(self, model_name: str) -> dict:
+        return _result(await self._http.post("/switch_model", json={"model_name": model_name}))
+
+    async def models(self) -> dict:
+        return _result(await self._http.get("/models"))
+
+    async def health(self) -> dict:
+        return _result(await self._http.get("/health"))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncRerankerClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,43 @@
+"""The gateway application factory: settings in, FastAPI app out, with a
+lifespan that connects to Triton and activates the start-up model."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.errors import install_error_handlers
+from gateway.model_manager import ModelManager
+from gateway.routes import router
+from gateway.service import RerankService
+from gateway.settings import GatewaySettings
+from gateway.triton import TritonBackend
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        triton = TritonBackend(settings.triton_url, settings.request_timeout_s, settings.model_load_timeout_s)
+        models = ModelManager(triton, settings)
+        app.state.service = RerankService(triton, models)
+        await models.start()
+        try:
+            yield
+        finally:
+            await triton.close()
+
+    app = FastAPI(
+        title="Reranker",
+        version="0.1.0",
+        summary="Scores (query, document) pairs with Triton-served rerankers; switch models at run time.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(router)
+    install_error_handlers(app)
+    return app

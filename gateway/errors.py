@@ -1,0 +1,71 @@
+"""Every error the gateway answers with, and its HTTP status: one table.
+
+Handlers render all of them, request validation errors included, as
+`{"error": message, "error_type": kind, "field": ...}`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class ErrorKind(str, Enum):
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_MODEL = "unknown_model"
+    NO_ACTIVE_MODEL = "no_active_model"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    MODEL_NOT_READY = "model_not_ready"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_TIMEOUT = "backend_timeout"
+    OVERLOADED = "overloaded"
+    BACKEND_ERROR = "backend_error"
+
+
+STATUS = {
+    ErrorKind.INVALID_REQUEST: 422,
+    ErrorKind.UNKNOWN_MODEL: 400,
+    ErrorKind.NO_ACTIVE_MODEL: 503,
+    ErrorKind.MODEL_LOAD_FAILED: 503,
+    ErrorKind.MODEL_NOT_READY: 503,
+    ErrorKind.BACKEND_UNAVAILABLE: 503,
+    ErrorKind.BACKEND_TIMEOUT: 504,
+    ErrorKind.OVERLOADED: 429,
+    ErrorKind.BACKEND_ERROR: 500,
+}
+
+
+class GatewayError(Exception):
+    def __init__(self, kind: ErrorKind, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.field = field
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.kind]
+
+
+def error_body(kind: ErrorKind, message: str, field: str | None = None) -> dict:
+    body = {"error": message, "error_type": kind.value}
+    if field:
+        body["field"] = field
+    return body
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(error_body(exc.kind, exc.message, exc.field), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        field = ".".join(location) or "body"
+        message = f"{field}: {first.get('msg', 'invalid value')}"
+        return JSONResponse(error_body(ErrorKind.INVALID_REQUEST, message, field), status_code=422)

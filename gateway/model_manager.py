@@ -1,0 +1,129 @@
+"""Which model is active, and switching it through Triton's repository API.
+
+A request takes a lease on the model that is active when it starts and keeps
+that model to the end, whatever switch happens meanwhile. A switch loads the
+new model, makes it active only once Triton reports it READY, then waits for
+the old model's leases to drain before unloading it. Switches are serialised;
+if the load fails, the old model stays active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from gateway.errors import ErrorKind, GatewayError
+from gateway.settings import GatewaySettings
+from gateway.triton import TritonBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    model: str
+    previous: str | None
+    load_time_s: float
+
+
+@dataclass(frozen=True)
+class ModelsView:
+    available: list[str]
+    aliases: dict[str, str]
+    loaded: list[str]
+    active: str | None
+
+
+class ModelManager:
+    def __init__(self, triton: TritonBackend, settings: GatewaySettings) -> None:
+        self.triton = triton
+        self.settings = settings
+        self.active: str | None = None
+        self._switch_lock = asyncio.Lock()
+        self._leases: Counter[str] = Counter()
+        self._drained: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        """Wait for Triton, then load and activate the default model.
+
+        A default model that fails to load is logged, not fatal: the gateway
+        stays up so an operator can switch to a model that works.
+        """
+        deadline = time.monotonic() + self.settings.triton_startup_timeout_s
+        while not await self.triton.is_live():
+            if time.monotonic() > deadline:
+                log.error("Triton at %s is not live; starting without an active model", self.triton.url)
+                return
+            await asyncio.sleep(0.5)
+        try:
+            result = await self.switch(self.settings.default_model)
+            log.info("active model %s (loaded in %.1f s)", result.model, result.load_time_s)
+        except GatewayError as exc:
+            log.error("default model %s is not active: %s", self.settings.default_model, exc.message)
+
+    async def resolve(self, name: str) -> str:
+        """An alias or Triton model name to a Triton model name."""
+        if name in self.settings.model_aliases:
+            return self.settings.model_aliases[name]
+        names = [m.name for m in await self.triton.repository()]
+        if name in names:
+            return name
+        valid = sorted(set(self.settings.model_aliases) | set(names))
+        raise GatewayError(
+            ErrorKind.UNKNOWN_MODEL, f"unknown model {name!r}; valid names: {', '.join(valid)}", field="model_name"
+        )
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[str]:
+        model = self.active
+        if model is None:
+            raise GatewayError(ErrorKind.NO_ACTIVE_MODEL, "no model is active; POST /switch_model to load one")
+        self._leases[model] += 1
+        self._drained.setdefault(model, asyncio.Event()).clear()
+        try:
+            yield model
+        finally:
+            self._leases[model] -= 1
+            if self._leases[model] == 0:
+                self._drained[model].set()
+
+    async def switch(self, requested: str, keep_loaded: bool = False) -> SwitchResult:
+        target = await self.resolve(requested)
+        async with self._switch_lock:
+            previous = self.active
+            started = time.perf_counter()
+            if not await self.triton.is_ready(target):
+                await self.triton.load(target)
+                if not await self.triton.is_ready(target):
+                    raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
+            load_time = time.perf_counter() - started
+            self.active = target
+            if previous and previous != target and not keep_loaded:
+                await self._drain_and_unload(previous)
+            return SwitchResult(target, previous, load_time)
+
+    async def _drain_and_unload(self, model: str) -> None:
+        if self._leases[model]:
+            try:
+                await asyncio.wait_for(self._drained[model].wait(), self.settings.drain_timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("%s still has %d requests after %.0f s; unloading anyway (Triton finishes them)",
+                            model, self._leases[model], self.settings.drain_timeout_s)
+        try:
+            await self.triton.unload(model)
+        except GatewayError as exc:
+            log.error("could not unload %s: %s", model, exc.message)
+
+    async def view(self) -> ModelsView:
+        states = await self.triton.repository()
+        return ModelsView(
+            available=sorted(m.name for m in states),
+            aliases=dict(self.settings.model_aliases),
+            loaded=sorted(m.name for m in states if m.state == "READY"),
+            active=self.active,
+        )

@@ -1,0 +1,53 @@
+"""The gateway's settings: one object, read from `RERANKER_*` environment
+variables (or given by the command line), validated at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ALIASES = {
+    "bge": "bge-reranker-base",
+    "qwen4b": "qwen3-reranker-4b",
+    "qwen8b": "qwen3-reranker-8b",
+    "minilm": "minilm-l6",
+}
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address the gateway listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the gateway listens on.")
+    triton_url: str = Field("localhost:8101", description="Triton's gRPC endpoint, host:port.")
+    default_model: str = Field(
+        "minilm-l6", description="Model (alias or Triton name) loaded and made active at start-up."
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ALIASES),
+        description="Short names accepted by /switch_model, mapped to Triton model names (JSON object).",
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one inference call to Triton.")
+    model_load_timeout_s: float = Field(1800.0, gt=0, description="Deadline of one model load (large weights).")
+    triton_startup_timeout_s: float = Field(
+        180.0, ge=0, description="How long start-up waits for Triton to become live."
+    )
+    drain_timeout_s: float = Field(
+        120.0, ge=0, description="How long a switch waits for the old model's requests before unloading it."
+    )
+    log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
+
+    @field_validator("triton_url")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"must be host:port, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return value.lower()

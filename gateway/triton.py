@@ -1,0 +1,123 @@
+"""The gateway's only door to Triton: inference and the repository API over
+gRPC, with Triton's failures translated into `GatewayError`s."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+
+from gateway.errors import ErrorKind, GatewayError
+from rerank_engine import contract
+
+_OUTPUTS = (contract.OUTPUT_SCORE, contract.OUTPUT_RAW_SCORE, contract.OUTPUT_NUM_TOKENS, contract.OUTPUT_TRUNCATED)
+
+# gRPC status -> what it means for the caller.
+_GRPC_KINDS = {
+    "StatusCode.INVALID_ARGUMENT": ErrorKind.INVALID_REQUEST,
+    "StatusCode.UNAVAILABLE": ErrorKind.BACKEND_UNAVAILABLE,
+    "StatusCode.DEADLINE_EXCEEDED": ErrorKind.BACKEND_TIMEOUT,
+    "StatusCode.RESOURCE_EXHAUSTED": ErrorKind.OVERLOADED,
+    "StatusCode.CANCELLED": ErrorKind.BACKEND_UNAVAILABLE,
+}
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    state: str  # READY, UNAVAILABLE, LOADING, UNLOADING, or "" when never loaded
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ScoreOutputs:
+    score: np.ndarray
+    raw_score: np.ndarray
+    num_tokens: np.ndarray
+    truncated: np.ndarray
+
+
+def _translate(exc: InferenceServerException, doing: str) -> GatewayError:
+    status = exc.status() or ""
+    # The python backend appends the model's Python traceback ("At: ..."); callers need the first part.
+    message = (exc.message() or str(exc)).split("\n\nAt:")[0].strip()
+    if "Request for unknown model" in message or "is not ready" in message or "not found" in message:
+        return GatewayError(ErrorKind.MODEL_NOT_READY, f"{doing}: {message}")
+    return GatewayError(_GRPC_KINDS.get(status, ErrorKind.BACKEND_ERROR), f"{doing}: {message}")
+
+
+class TritonBackend:
+    def __init__(self, url: str, request_timeout_s: float, load_timeout_s: float) -> None:
+        self.url = url
+        self.request_timeout_s = request_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self._client = InferenceServerClient(url)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def is_live(self) -> bool:
+        try:
+            return await self._client.is_server_live(client_timeout=2.0)
+        except InferenceServerException:
+            return False
+
+    async def repository(self) -> list[ModelState]:
+        try:
+            index = await self._client.get_model_repository_index(as_json=True, client_timeout=10.0)
+        except InferenceServerException as exc:
+            raise _translate(exc, "reading Triton's model repository") from None
+        return [ModelState(m["name"], m.get("state", ""), m.get("reason", "")) for m in index.get("models", [])]
+
+    async def is_ready(self, model: str) -> bool:
+        try:
+            return await self._client.is_model_ready(model, client_timeout=5.0)
+        except InferenceServerException:
+            return False
+
+    async def load(self, model: str) -> None:
+        try:
+            await self._client.load_model(model, client_timeout=self.load_timeout_s)
+        except InferenceServerException as exc:
+            error = _translate(exc, f"loading model {model}")
+            if error.kind is not ErrorKind.BACKEND_UNAVAILABLE:
+                error.kind = ErrorKind.MODEL_LOAD_FAILED
+            raise error from None
+
+    async def unload(self, model: str) -> None:
+        try:
+            await self._client.unload_model(model, client_timeout=60.0)
+        except InferenceServerException as exc:
+            raise _translate(exc, f"unloading model {model}") from None
+
+    async def score(self, model: str, query: str, documents: Sequence[str], instruction: str | None = None) -> ScoreOutputs:
+        """Score one query against documents in one Triton request.
+
+        Triton checks that every input has the same batch size, so the query
+        (and instruction) is repeated per row; the engine tokenizes it once.
+        """
+        rows = len(documents)
+        inputs = [_strings(contract.INPUT_QUERY, [query] * rows), _strings(contract.INPUT_DOCUMENT, documents)]
+        if instruction is not None:
+            inputs.append(_strings(contract.INPUT_INSTRUCTION, [instruction] * rows))
+        try:
+            result = await self._client.infer(
+                model,
+                inputs,
+                outputs=[InferRequestedOutput(name) for name in _OUTPUTS],
+                client_timeout=self.request_timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise _translate(exc, f"scoring with {model}") from None
+        score, raw, tokens, truncated = (result.as_numpy(name).reshape(-1) for name in _OUTPUTS)
+        return ScoreOutputs(score, raw, tokens, truncated)
+
+
+def _strings(name: str, values: Sequence[str]) -> InferInput:
+    array = np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(-1, 1)
+    tensor = InferInput(name, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return tensor

@@ -1,0 +1,1 @@
+"""The `reranker` command: starts Triton, the gateway, or both, and fetches weights."""

@@ -1,0 +1,128 @@
+"""`reranker`: the command line.
+
+  reranker serve     Triton and the gateway together; Ctrl-C stops both
+  reranker triton    Triton alone, on the model repository
+  reranker gateway   the gateway alone, in front of a running Triton
+  reranker weights   put a model's weights into the models folder
+
+Every flag has an environment variable (shown in --help); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway.settings import GatewaySettings
+from launcher.settings import TritonSettings
+
+log = logging.getLogger("reranker")
+
+
+def _flag(parser: argparse.ArgumentParser, settings_cls, field: str, *names: str, **kwargs) -> None:
+    info = settings_cls.model_fields[field]
+    env = f"RERANKER_{field.upper()}"
+    parser.add_argument(*names, dest=field, default=None, help=f"{info.description} [env {env}]", **kwargs)
+
+
+def _triton_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, TritonSettings, "model_repository", "--model-repository", type=Path)
+    _flag(parser, TritonSettings, "models_dir", "--models-dir", type=Path)
+    _flag(parser, TritonSettings, "triton_http_port", "--triton-http-port", type=int)
+    _flag(parser, TritonSettings, "triton_grpc_port", "--triton-grpc-port", type=int)
+    _flag(parser, TritonSettings, "triton_metrics_port", "--triton-metrics-port", type=int)
+    _flag(parser, TritonSettings, "tritonserver", "--tritonserver", type=Path)
+
+
+def _gateway_flags(parser: argparse.ArgumentParser, with_triton_url: bool) -> None:
+    _flag(parser, GatewaySettings, "host", "--host")
+    _flag(parser, GatewaySettings, "port", "--port", type=int)
+    _flag(parser, GatewaySettings, "default_model", "--model")
+    if with_triton_url:
+        _flag(parser, GatewaySettings, "triton_url", "--triton-url")
+
+
+def _given(args: argparse.Namespace, settings_cls) -> dict:
+    return {k: v for k, v in vars(args).items() if k in settings_cls.model_fields and v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reranker", description=__doc__.split("\n\n")[0])
+    modes = parser.add_subparsers(dest="mode", required=True)
+    serve = modes.add_parser("serve", help="start Triton and the gateway together")
+    _triton_flags(serve)
+    _gateway_flags(serve, with_triton_url=False)
+    _triton_flags(modes.add_parser("triton", help="start Triton alone"))
+    _gateway_flags(modes.add_parser("gateway", help="start the gateway alone"), with_triton_url=True)
+    weights = modes.add_parser("weights", help="put a model's weights into the models folder")
+    weights.add_argument("name", help="bge, qwen4b, qwen8b, minilm, or a Triton model name")
+    weights.add_argument("--source", choices=("huggingface", "modelscope"), default="huggingface")
+    _flag(weights, TritonSettings, "models_dir", "--models-dir", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.mode == "weights":
+        from launcher.weights import fetch_weights
+
+        folder = fetch_weights(args.name, TritonSettings(**_given(args, TritonSettings)).models_dir, args.source)
+        print(folder)
+        return 0
+    if args.mode == "gateway":
+        return _run_gateway(GatewaySettings(**_given(args, GatewaySettings)))
+    triton = TritonSettings(**_given(args, TritonSettings))
+    if args.mode == "triton":
+        command, env = _triton_invocation(triton)
+        os.execve(command[0], command, env)  # tritonserver takes over this process and its signals
+    gateway = GatewaySettings(**_given(args, GatewaySettings), triton_url=f"127.0.0.1:{triton.triton_grpc_port}")
+    return _serve(triton, gateway)
+
+
+def _triton_invocation(settings: TritonSettings) -> tuple[list[str], dict[str, str]]:
+    from launcher.tritonserver import TritonOptions, find_tritonserver, triton_command, triton_environment
+
+    install = find_tritonserver(settings.tritonserver)
+    options = TritonOptions(
+        model_repository=settings.model_repository.resolve(),
+        models_dir=settings.models_dir.resolve(),
+        http_port=settings.triton_http_port,
+        grpc_port=settings.triton_grpc_port,
+        metrics_port=settings.triton_metrics_port,
+        log_verbose=settings.triton_log_verbose,
+    )
+    if not any(options.model_repository.glob("*/config.pbtxt")):
+        raise SystemExit(f"{options.model_repository} holds no Triton models (set --model-repository)")
+    log.info("tritonserver %s, repository %s, models %s", install.binary, options.model_repository, options.models_dir)
+    return triton_command(install, options), triton_environment(install, options, dict(os.environ))
+
+
+def _run_gateway(settings: GatewaySettings) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _serve(triton: TritonSettings, gateway: GatewaySettings) -> int:
+    from launcher.process import spawn, stop, wait_until_live
+
+    command, env = _triton_invocation(triton)
+    server = spawn(command, env)
+    try:
+        wait_until_live(f"http://127.0.0.1:{triton.triton_http_port}/v2/health/live", server,
+                        triton.triton_startup_timeout_s)
+        return _run_gateway(gateway)
+    finally:
+        log.info("stopping tritonserver")
+        stop(server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

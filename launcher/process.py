@@ -1,0 +1,68 @@
+"""Child processes that never outlive the launcher.
+
+Each child gets its own session, so a Ctrl-C in the terminal reaches only the
+launcher, which then stops the children in order (gateway first, Triton
+last). The kernel's parent-death signal covers the case where the launcher
+itself is killed: the child gets SIGTERM and no orphan is left.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 40.0) -> int:
+    """Signal the child's whole process group (SIGTERM, or SIGINT as a terminal's
+    Ctrl-C would), SIGKILL it if it lingers.
+
+    The group holds tritonserver's python backend stubs too.
+    """
+    if process.poll() is None:
+        _signal_group(process, sig)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+    # Stubs may still be exiting after their server: make sure none survive.
+    _signal_group(process, signal.SIGKILL)
+    return process.returncode
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until_live(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; fail early if the process exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before it was live")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} was not live after {timeout_s:.0f} s")

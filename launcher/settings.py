@@ -1,0 +1,35 @@
+"""Settings of the Triton side of the launcher, read from `RERANKER_*`
+environment variables; command-line flags override them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# An editable or source checkout keeps model_repository/ and models/ beside the packages.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _in_project_or_cwd(name: str) -> Path:
+    return PROJECT_ROOT / name if (PROJECT_ROOT / name).exists() else Path.cwd() / name
+
+
+class TritonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore")
+
+    model_repository: Path = Field(
+        default_factory=lambda: _in_project_or_cwd("model_repository"), description="Triton model repository."
+    )
+    models_dir: Path = Field(
+        default_factory=lambda: _in_project_or_cwd("models"), description="Folder holding the weights folders."
+    )
+    triton_http_port: int = Field(8100, ge=1, le=65535, description="Triton's HTTP port.")
+    triton_grpc_port: int = Field(8101, ge=1, le=65535, description="Triton's gRPC port (the gateway uses it).")
+    triton_metrics_port: int = Field(8102, ge=1, le=65535, description="Triton's Prometheus metrics port.")
+    tritonserver: Path | None = Field(
+        None, description="tritonserver binary; default: the one on PATH, else the nvidia-pytriton wheel's."
+    )
+    triton_log_verbose: int = Field(0, ge=0, description="tritonserver --log-verbose level.")
+    triton_startup_timeout_s: float = Field(180.0, gt=0, description="How long `serve` waits for Triton.")

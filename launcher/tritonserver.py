@@ -1,0 +1,138 @@
+"""Finding a `tritonserver` and the command line and environment to run it.
+
+In NVIDIA's Triton image the server and its python backend are installed; on a
+laptop or in CI they come from the `nvidia-pytriton` wheel, whose python
+backend ships one stub per Python version. The stub for the running Python is
+assembled with the backend library into a backend directory, so the Triton
+models run inside this very environment (same torch, same engine).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import rerank_engine
+from rerank_engine.contract import MODELS_DIR_ENV
+
+PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class TritonNotFound(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    backend_dir: Path | None  # None: the server's built-in default (/opt/tritonserver/backends)
+    library_path: tuple[str, ...] = ()
+
+
+def find_tritonserver(explicit: Path | None = None) -> TritonInstall:
+    """`explicit`, else a `tritonserver` on PATH, else the one in the pytriton wheel."""
+    if explicit is not None:
+        if not os.access(explicit, os.X_OK):
+            raise TritonNotFound(f"{explicit} is not an executable tritonserver")
+        return TritonInstall(explicit, None)
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(Path(on_path), None)
+    return _from_pytriton_wheel()
+
+
+def _from_pytriton_wheel() -> TritonInstall:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotFound(
+            "no tritonserver on PATH and the nvidia-pytriton wheel is not installed: "
+            "pip install 'reranker[triton]' (or use NVIDIA's tritonserver image)"
+        )
+    package = Path(next(iter(spec.submodule_search_locations)))
+    server = package / "tritonserver"
+    stub = server / "python_backend_stubs" / PY_VERSION / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise TritonNotFound(f"the pytriton wheel has no python backend stub for Python {PY_VERSION} ({stub})")
+    libs = package.parent / "nvidia_pytriton.libs"
+    return TritonInstall(server / "bin" / "tritonserver", _assemble_backend_dir(server, stub), (str(libs),))
+
+
+def _assemble_backend_dir(server: Path, stub: Path) -> Path:
+    """`<cache>/backends/python/` = libtriton_python.so + utils + this Python's stub.
+
+    Built in a scratch folder and renamed into place, so concurrent launches
+    never see a half-copied backend.
+    """
+    backends = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reranker"
+    target = backends / f"triton-backends-{stub.stat().st_size}-py{PY_VERSION}"
+    if (target / "python" / "triton_python_backend_stub").is_file():
+        return target
+    backends.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=backends))
+    python_dir = scratch / "python"
+    python_dir.mkdir()
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(server / "backends" / "python" / name, python_dir / name)
+    shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+    try:
+        scratch.rename(target)
+    except OSError:  # another launch won the race
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    model_repository: Path
+    models_dir: Path
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_verbose: int = 0
+    load_models: tuple[str, ...] = ()
+
+
+def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
+    command = [
+        str(install.binary),
+        f"--model-repository={options.model_repository}",
+        "--model-control-mode=explicit",
+        f"--http-port={options.http_port}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-port={options.metrics_port}",
+        "--allow-metrics=true",
+        f"--log-verbose={options.log_verbose}",
+        # Requests that are queued when a model unloads finish before it goes.
+        "--exit-timeout-secs=30",
+    ]
+    if install.backend_dir is not None:
+        command.append(f"--backend-directory={install.backend_dir}")
+    command += [f"--load-model={name}" for name in options.load_models]
+    return command
+
+
+def triton_environment(install: TritonInstall, options: TritonOptions, base: dict[str, str]) -> dict[str, str]:
+    """The server's environment; the python backend stubs inherit it.
+
+    The stub embeds libpython and finds its prefix through `python3` on PATH, so
+    this interpreter's bin directory goes first: the models then see this
+    environment's packages. The engine's source root is added to PYTHONPATH
+    for installs that the stub's site handling would miss.
+    """
+    env = dict(base)
+    env[MODELS_DIR_ENV] = str(options.models_dir)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    engine_root = str(Path(rerank_engine.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (engine_root, env.get("PYTHONPATH", "")) if p)
+    library_path = [*install.library_path]
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        library_path.append(sysconfig.get_config_var("LIBDIR"))
+    if library_path:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*library_path, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    return env

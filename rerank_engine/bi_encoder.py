@@ -1,0 +1,49 @@
+"""Bi-encoder scorer (all-MiniLM-L6-v2): query and document are embedded
+separately, mean-pooled over real tokens and L2-normalised, as
+sentence-transformers does; the score is their cosine similarity.
+
+Each distinct text is embedded once per batch, so a query shared by a
+hundred documents costs one forward row, not a hundred.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rerank_engine.scoring import Encoded, Pair, Scorer
+from rerank_engine.tokens import SpecialTokenTemplate, raw_tokenizer
+
+
+class BiEncoderScorer(Scorer):
+    def __init__(self, model, tokenizer, **kwargs) -> None:
+        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
+        self.model = model
+        self.tokenizer = raw_tokenizer(tokenizer)
+        self.template = SpecialTokenTemplate.from_tokenizer(self.tokenizer, pair=False)
+
+    def encode(self, pairs: Sequence[Pair]) -> Encoded:
+        row_of = {text: i for i, text in enumerate(dict.fromkeys(t for p in pairs for t in (p.query, p.document)))}
+        texts = list(row_of)
+        budget = self.max_length - self.template.num_special
+        raw = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        sequences = [self.template.build(ids[:budget]) for ids in raw]
+        cut = np.array([len(ids) > budget for ids in raw], bool)
+        rows = np.array([(row_of[p.query], row_of[p.document]) for p in pairs]).reshape(-1, 2)
+        lengths = np.array([len(s) for s in sequences], np.int32)
+        q, d = rows[:, 0], rows[:, 1]
+        return Encoded(sequences, lengths[q] + lengths[d], cut[q] | cut[d], rows=rows)
+
+    def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+
+    def finalize(self, encoded, outputs) -> tuple[np.ndarray, np.ndarray]:
+        rows = torch.from_numpy(encoded.rows)
+        q, d = outputs[rows[:, 0]], outputs[rows[:, 1]]
+        cosine = (q * d).sum(dim=1).numpy()
+        return cosine, cosine

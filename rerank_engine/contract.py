@@ -1,0 +1,33 @@
+"""The Triton model contract: tensor names, `config.pbtxt` parameter keys and
+scorer kinds. The Triton models, the gateway and the tests all import these
+names from here, so the contract is spelled once.
+
+This module must stay importable without torch: the gateway uses it.
+"""
+
+INPUT_QUERY = "query"
+INPUT_DOCUMENT = "document"
+INPUT_INSTRUCTION = "instruction"
+
+OUTPUT_SCORE = "score"
+"""Relevance in [0, 1] for cross-encoders (sigmoid / P(yes)); cosine for bi-encoders."""
+OUTPUT_RAW_SCORE = "raw_score"
+"""The logit (or yes-minus-no log-odds) before the activation; cosine for bi-encoders."""
+OUTPUT_NUM_TOKENS = "num_tokens"
+"""Tokens of the pair as the model saw them, after truncation."""
+OUTPUT_TRUNCATED = "truncated"
+"""True when the pair was longer than the model's limit and was cut."""
+
+PARAM_SCORER = "scorer"
+PARAM_WEIGHTS_PATH = "weights_path"
+PARAM_DTYPE = "dtype"
+PARAM_MAX_LENGTH = "max_length"
+PARAM_MAX_BATCH_TOKENS = "max_batch_tokens"
+PARAM_WEIGHTS_HINT = "weights_hint"
+
+SCORER_CROSS_ENCODER = "cross_encoder"
+SCORER_QWEN3 = "qwen3_reranker"
+SCORER_BI_ENCODER = "bi_encoder"
+
+MODELS_DIR_ENV = "RERANKER_MODELS_DIR"
+"""Where relative `weights_path` values of the form `models/<folder>` are looked up."""

@@ -1,0 +1,43 @@
+"""Cross-encoder scorer (bge-reranker-base): the pair goes through a sequence
+classifier with one output, and the score is sigmoid(logit), as
+sentence-transformers' `CrossEncoder` computes it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rerank_engine.scoring import Encoded, Pair, Scorer
+from rerank_engine.tokens import SpecialTokenTemplate, longest_first_lengths, raw_tokenizer
+
+
+class CrossEncoderScorer(Scorer):
+    def __init__(self, model, tokenizer, **kwargs) -> None:
+        if model.config.num_labels != 1:
+            raise ValueError(f"a cross-encoder reranker has one output label, this model has {model.config.num_labels}")
+        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
+        self.model = model
+        self.tokenizer = raw_tokenizer(tokenizer)
+        self.template = SpecialTokenTemplate.from_tokenizer(self.tokenizer, pair=True)
+
+    def encode(self, pairs: Sequence[Pair]) -> Encoded:
+        queries = list(dict.fromkeys(p.query for p in pairs))
+        query_ids = dict(zip(queries, (e.ids for e in self.tokenizer.encode_batch(queries, add_special_tokens=False))))
+        doc_ids = [e.ids for e in self.tokenizer.encode_batch([p.document for p in pairs], add_special_tokens=False)]
+        budget = self.max_length - self.template.num_special
+        sequences, truncated = [], np.zeros(len(pairs), bool)
+        for i, (pair, doc) in enumerate(zip(pairs, doc_ids)):
+            query = query_ids[pair.query]
+            keep_q, keep_d = longest_first_lengths(len(query), len(doc), budget)
+            truncated[i] = keep_q < len(query) or keep_d < len(doc)
+            sequences.append(self.template.build(query[:keep_q], doc[:keep_d]))
+        return Encoded(sequences, np.fromiter(map(len, sequences), np.int32, len(sequences)), truncated)
+
+    def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+
+    def finalize(self, encoded, outputs) -> tuple[np.ndarray, np.ndarray]:
+        return torch.sigmoid(outputs).numpy(), outputs.numpy()

@@ -1,0 +1,110 @@
+"""Building a scorer from a model's `config.pbtxt` parameters.
+
+`EngineConfig.from_parameters` validates the parameters; `load_scorer` resolves
+the weights folder, picks dtype and device, loads model and tokenizer, and
+warms the model up so the first real request does not pay for lazy set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from rerank_engine import contract
+from rerank_engine.scoring import Pair, Scorer
+from rerank_engine.weights import require_weights, resolve_weights_path
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCORER_KINDS = (contract.SCORER_CROSS_ENCODER, contract.SCORER_QWEN3, contract.SCORER_BI_ENCODER)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    scorer: str
+    weights_path: str
+    dtype: str = "auto"
+    max_length: int = 512
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 256
+    weights_hint: str = ""
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256) -> "EngineConfig":
+        def need(key: str) -> str:
+            if not params.get(key):
+                raise ValueError(f"config.pbtxt parameter '{key}' is required")
+            return params[key]
+
+        def positive_int(key: str, default: int) -> int:
+            raw = params.get(key) or str(default)
+            if not raw.isdigit() or int(raw) <= 0:
+                raise ValueError(f"config.pbtxt parameter '{key}' must be a positive integer, got {raw!r}")
+            return int(raw)
+
+        scorer = need(contract.PARAM_SCORER)
+        if scorer not in SCORER_KINDS:
+            raise ValueError(f"unknown scorer {scorer!r}; expected one of {', '.join(SCORER_KINDS)}")
+        dtype = params.get(contract.PARAM_DTYPE) or "auto"
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+        max_length = positive_int(contract.PARAM_MAX_LENGTH, 512)
+        return cls(
+            scorer=scorer,
+            weights_path=need(contract.PARAM_WEIGHTS_PATH),
+            dtype=dtype,
+            max_length=max_length,
+            max_batch_tokens=max(positive_int(contract.PARAM_MAX_BATCH_TOKENS, 16384), max_length),
+            max_batch_size=max_batch_size,
+            weights_hint=params.get(contract.PARAM_WEIGHTS_HINT, ""),
+        )
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        if device.type == "cpu":
+            return torch.float32
+        # Qwen3 was trained in bf16 and its activations overflow fp16; the
+        # encoders keep fp16's extra mantissa bits.
+        return torch.bfloat16 if self.scorer == contract.SCORER_QWEN3 else torch.float16
+
+
+def resolve_device(instance_kind: str, device_id: int | str = 0) -> torch.device:
+    """Triton's instance kind (`GPU`, `CPU`, ...) to a torch device."""
+    if instance_kind.upper() == "GPU":
+        return torch.device("cuda", int(device_id))
+    return torch.device("cpu")
+
+
+def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerank_engine.bi_encoder import BiEncoderScorer
+    from rerank_engine.cross_encoder import CrossEncoderScorer
+    from rerank_engine.qwen3 import Qwen3RerankerScorer
+
+    folder = require_weights(resolve_weights_path(config.weights_path), config.weights_hint)
+    kinds = {
+        contract.SCORER_CROSS_ENCODER: (AutoModelForSequenceClassification, CrossEncoderScorer),
+        contract.SCORER_QWEN3: (AutoModelForCausalLM, Qwen3RerankerScorer),
+        contract.SCORER_BI_ENCODER: (AutoModel, BiEncoderScorer),
+    }
+    auto_model, scorer_cls = kinds[config.scorer]
+    dtype = config.torch_dtype(device)
+    log.info("loading %s from %s as %s on %s", config.scorer, folder, dtype, device)
+    model = auto_model.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    scorer = scorer_cls(
+        model,
+        tokenizer,
+        device=device,
+        max_length=config.max_length,
+        max_batch_tokens=config.max_batch_tokens,
+        max_batch_size=config.max_batch_size,
+    )
+    scorer.score([Pair("warm-up query", "warm-up document")])
+    return scorer

@@ -1,0 +1,86 @@
+"""Qwen3-Reranker scorer: the official prompt recipe, scored as P(yes).
+
+The model card builds `prefix + body + suffix` and reads the `yes`/`no` logits
+of the last position. Here the body is tokenized as a shared head (instruction
+and query, once per request) plus the document, so that when a pair is too long
+only the body is cut - document first, then the query - and the system prefix
+and the assistant suffix always stay whole. Only the two `lm_head` rows for
+`no` and `yes` are applied, to the last token, never the full vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rerank_engine.scoring import Encoded, Pair, Scorer
+from rerank_engine.tokens import raw_tokenizer
+
+SYSTEM_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+ASSISTANT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def format_body(instruction: str, query: str, document: str) -> str:
+    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+
+
+class Qwen3RerankerScorer(Scorer):
+    def __init__(self, model, tokenizer, **kwargs) -> None:
+        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
+        self.model = model
+        self.tokenizer = raw_tokenizer(tokenizer)
+        self.prefix = self.tokenizer.encode(SYSTEM_PREFIX, add_special_tokens=False).ids
+        self.suffix = self.tokenizer.encode(ASSISTANT_SUFFIX, add_special_tokens=False).ids
+        no_id, yes_id = tokenizer.convert_tokens_to_ids(["no", "yes"])
+        # Row 0 = "no", row 1 = "yes", so softmax(...)[1] is P(yes).
+        self.answer_rows = model.get_output_embeddings().weight[[no_id, yes_id]].detach().float()
+        if self.max_length <= len(self.prefix) + len(self.suffix):
+            raise ValueError(f"max_length {self.max_length} leaves no room for the Qwen3 prompt")
+
+    def encode(self, pairs: Sequence[Pair]) -> Encoded:
+        budget = self.max_length - len(self.prefix) - len(self.suffix)
+        heads = {(p.instruction or DEFAULT_INSTRUCTION, p.query): None for p in pairs}
+        # Splitting the body just before " {document}" is a pre-tokenizer boundary
+        # (":" then a space), so head ids + document ids equal the ids of the body.
+        head_texts = [format_body(instr, query, "")[:-1] for instr, query in heads]
+        for key, enc in zip(heads, self.tokenizer.encode_batch(head_texts, add_special_tokens=False)):
+            heads[key] = enc.ids
+        docs = self.tokenizer.encode_batch([" " + p.document for p in pairs], add_special_tokens=False)
+        sequences, truncated = [], np.zeros(len(pairs), bool)
+        for i, (pair, doc) in enumerate(zip(pairs, docs)):
+            key = (pair.instruction or DEFAULT_INSTRUCTION, pair.query)
+            head, doc_ids = heads[key], doc.ids
+            if len(head) + len(doc_ids) > budget:
+                truncated[i] = True
+                if len(head) > budget:
+                    head = self._truncated_head(*key, budget)
+                doc_ids = doc_ids[: budget - len(head)]
+            sequences.append(self.prefix + head + doc_ids + self.suffix)
+        return Encoded(sequences, np.fromiter(map(len, sequences), np.int32, len(sequences)), truncated)
+
+    def _truncated_head(self, instruction: str, query: str, budget: int) -> list[int]:
+        """A head whose query is cut so the head alone fills the body budget."""
+        before, after = format_body(instruction, "\0", "")[:-1].split("\0")
+        before_ids, query_ids, after_ids = (
+            e.ids for e in self.tokenizer.encode_batch([before, query, after], add_special_tokens=False)
+        )
+        keep = max(budget - len(before_ids) - len(after_ids), 0)
+        head = before_ids + query_ids[:keep] + after_ids
+        if len(head) > budget:
+            raise ValueError(f"the instruction alone is longer than the {budget}-token body budget")
+        return head
+
+    def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+        return last.float() @ self.answer_rows.to(last.device).T
+
+    def finalize(self, encoded, outputs) -> tuple[np.ndarray, np.ndarray]:
+        log_odds = outputs[:, 1] - outputs[:, 0]
+        return torch.softmax(outputs, dim=1)[:, 1].numpy(), log_odds.numpy()

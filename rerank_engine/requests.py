@@ -1,0 +1,48 @@
+"""Turning one inference request's string tensors into pairs.
+
+Triton hands the model BYTES tensors of shape [n, 1]. A malformed request
+(mismatched row counts, invalid UTF-8) raises `InvalidRequest`, which the
+Triton model turns into an INVALID_ARG error for that request alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rerank_engine import contract
+from rerank_engine.scoring import Pair
+
+
+class InvalidRequest(ValueError):
+    pass
+
+
+def _texts(name: str, tensor: np.ndarray) -> list[str]:
+    texts = []
+    for row, value in enumerate(tensor.reshape(-1)):
+        try:
+            texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"input '{name}' row {row} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return texts
+
+
+def decode_pairs(query: np.ndarray | None, document: np.ndarray | None, instruction: np.ndarray | None) -> list[Pair]:
+    """Rows of query/document (and optional instruction) to pairs.
+
+    A single query or instruction row is shared by every document row, so a
+    client can send one query with many documents without repeating it.
+    """
+    if query is None or document is None:
+        missing = contract.INPUT_QUERY if query is None else contract.INPUT_DOCUMENT
+        raise InvalidRequest(f"input '{missing}' is required")
+    queries = _texts(contract.INPUT_QUERY, query)
+    documents = _texts(contract.INPUT_DOCUMENT, document)
+    instructions = _texts(contract.INPUT_INSTRUCTION, instruction) if instruction is not None else [None]
+    n = len(documents)
+    for name, values in ((contract.INPUT_QUERY, queries), (contract.INPUT_INSTRUCTION, instructions)):
+        if len(values) not in (1, n):
+            raise InvalidRequest(f"input '{name}' has {len(values)} rows; expected 1 or {n} (one per document)")
+    return [
+        Pair(queries[i % len(queries)], documents[i], instructions[i % len(instructions)] or None) for i in range(n)
+    ]

@@ -1,0 +1,114 @@
+"""The scorer skeleton every model kind shares: pre (tokenize and truncate),
+core (length-sorted micro-batches through the network), post (activation).
+
+Subclasses say how pairs become token sequences, what one forward pass returns
+per sequence, and how those outputs become scores.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from rerank_engine.batching import plan_micro_batches
+
+
+class Pair(NamedTuple):
+    query: str
+    document: str
+    instruction: str | None = None
+
+
+@dataclass
+class Encoded:
+    """Token sequences to run, and per-pair accounting of what was sent."""
+
+    sequences: list[list[int]]
+    num_tokens: np.ndarray  # int32, per pair, after truncation
+    truncated: np.ndarray  # bool, per pair
+    rows: np.ndarray | None = None  # per pair, the sequences it scores from (None: sequence i is pair i)
+
+
+@dataclass
+class Scores:
+    score: np.ndarray  # float32, per pair
+    raw_score: np.ndarray  # float32, per pair
+    num_tokens: np.ndarray  # int32, per pair
+    truncated: np.ndarray  # bool, per pair
+
+
+class Scorer(ABC):
+    """Scores (query, document) pairs with one model on one device."""
+
+    def __init__(
+        self,
+        *,
+        device: torch.device,
+        max_length: int,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        pad_id: int,
+    ) -> None:
+        self.device = device
+        self.max_length = max_length
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.pad_id = pad_id
+
+    def score(self, pairs: Sequence[Pair]) -> Scores:
+        if not pairs:
+            empty = np.zeros(0, np.float32)
+            return Scores(empty, empty, np.zeros(0, np.int32), np.zeros(0, bool))
+        encoded = self.encode(pairs)
+        outputs = self.run(encoded.sequences)
+        score, raw = self.finalize(encoded, outputs)
+        return Scores(
+            score=score.astype(np.float32, copy=False),
+            raw_score=raw.astype(np.float32, copy=False),
+            num_tokens=encoded.num_tokens,
+            truncated=encoded.truncated,
+        )
+
+    @abstractmethod
+    def encode(self, pairs: Sequence[Pair]) -> Encoded:
+        """Tokenize and truncate; every sequence must fit `max_length`."""
+
+    @abstractmethod
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """One padded micro-batch in, one float32 row per sequence out."""
+
+    @abstractmethod
+    def finalize(self, encoded: Encoded, outputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sequence outputs (in `encode` order) to (score, raw_score) per pair."""
+
+    @torch.inference_mode()
+    def run(self, sequences: list[list[int]]) -> torch.Tensor:
+        lengths = [len(s) for s in sequences]
+        rows: list[torch.Tensor | None] = [None] * len(sequences)
+        for group in plan_micro_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+            input_ids, attention_mask, group_lengths = self._pad([sequences[i] for i in group])
+            out = self.forward(input_ids, attention_mask, group_lengths).float().cpu()
+            for row, index in enumerate(group):
+                rows[index] = out[row]
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    def _pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Right padding: position ids stay 0..n-1 for every model, and a causal
+        # model's last real token never sees the padding after it.
+        width = max(len(s) for s in batch)
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        lengths = torch.from_numpy(mask.sum(axis=1))
+        return self._to_device(torch.from_numpy(ids)), self._to_device(torch.from_numpy(mask)), self._to_device(lengths)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The two commands of the README, on a fresh Debian 12 / Python 3.11 machine:
+#   ./run.sh serve   install everything, then start Triton + the gateway on :8000 serving minilm-l6
+#   ./run.sh test    install what the tests need, then run them
+# Extra arguments go to `reranker serve` or to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${RERANKER_VENV:-.venv}
+# A plain `torch` would pull a multi-GB CUDA build on a CPU-only machine; on a GPU server
+# set RERANKER_TORCH_SPEC to the build you want.
+TORCH_SPEC=${RERANKER_TORCH_SPEC:-torch==2.13.0}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+system_packages() {
+  # Triton's python backend stub embeds libpython of the running Python version.
+  local version libdir
+  version=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  libdir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
+  if ! ldconfig -p | grep -q "libpython${version}.so.1.0" && [ ! -e "$libdir/libpython${version}.so.1.0" ]; then
+    apt_install "libpython${version}"
+  fi
+  if [ "${1:-}" = test ] && ! command -v docker-compose >/dev/null; then
+    apt_install docker-compose  # the compose file is validated by a real parser
+  fi
+}
+
+python_packages() {
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+  "$VENV/bin/python" -m pip install -q -e ".[$1]"
+}
+
+case "${1:-}" in
+  serve)
+    shift
+    system_packages serve
+    python_packages engine,triton,minilm
+    "$VENV/bin/reranker" weights minilm >/dev/null
+    exec "$VENV/bin/reranker" serve "$@"
+    ;;
+  test)
+    shift
+    system_packages test
+    python_packages engine,triton,minilm,test
+    exec "$VENV/bin/python" -m pytest -q "$@"
+    ;;
+  *)
+    echo "usage: $0 serve [reranker serve flags] | test [pytest args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Test tiers: engine units, gateway units, in-process app, and integration against real Triton."""

@@ -1,0 +1,115 @@
+"""In-process gateway tests: the FastAPI app driven through
+`httpx.ASGITransport`, its lifespan run for real, against a real Triton."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from rerank_engine.scoring import Pair
+from tests import stack
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def api(triton):
+    app = create_app(GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=120) as client:
+            yield client
+
+
+async def test_rerank_scores_like_the_engine(api, repository, models_dir):
+    pair = Pair("what is a panda?", "The giant panda is a bear native to China.")
+    response = await api.post("/rerank", json={"query": pair.query, "document": pair.document})
+    assert response.status_code == 200
+    expected = stack.engine_scorer(repository, models_dir, "minilm-l6").score([pair]).score[0]
+    assert response.json()["score"] == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"query": "   ", "document": "x"}, "query"),
+        ({"query": "", "document": "x"}, "query"),
+        ({"document": "x"}, "query"),
+        ({"query": "q"}, "document"),
+        ({"query": "q", "document": 3}, "document"),
+        ({"query": "q", "document": "d", "surprise": 1}, "surprise"),
+    ],
+)
+async def test_bad_rerank_bodies_get_422_naming_the_field(api, body, field):
+    response = await api.post("/rerank", json=body)
+    assert response.status_code == 422
+    assert response.json()["error_type"] == "invalid_request"
+    assert response.json()["field"] == field
+    assert field in response.json()["error"]
+
+
+async def test_unknown_model_is_400_listing_valid_names(api):
+    response = await api.post("/switch_model", json={"model_name": "gpt-5"})
+    assert response.status_code == 400
+    message = response.json()["error"]
+    for name in ("bge", "qwen4b", "qwen8b", "minilm", "bge-reranker-base", "qwen3-reranker-8b"):
+        assert name in message
+
+
+async def test_failed_load_keeps_the_previous_model_serving(api, models_dir):
+    before = await api.post("/rerank", json={"query": "q", "document": "d"})
+    response = await api.post("/switch_model", json={"model_name": "missing-weights"})
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error_type"] == "model_load_failed"
+    assert str(models_dir / "does-not-exist") in body["error"]
+    assert "reranker weights bge" in body["error"]  # how to get the weights
+    assert "At:" not in body["error"]  # no Python traceback leaks into the API
+    models = (await api.get("/models")).json()
+    assert models["active"] == "minilm-l6"
+    after = await api.post("/rerank", json={"query": "q", "document": "d"})
+    assert after.status_code == 200 and after.json() == before.json()
+
+
+async def test_models_and_health(api):
+    models = (await api.get("/models")).json()
+    assert {"bge-reranker-base", "qwen3-reranker-4b", "qwen3-reranker-8b", "minilm-l6"} <= set(models["available"])
+    assert models["aliases"]["bge"] == "bge-reranker-base"
+    assert models["active"] == "minilm-l6" and "minilm-l6" in models["loaded"]
+    health = await api.get("/health")
+    assert health.status_code == 200 and health.json() == {
+        "status": "ok", "triton_live": True, "active_model": "minilm-l6"
+    }
+    assert (await api.get("/health/ready")).status_code == 200
+
+
+async def test_openapi_documents_every_route_with_examples(api):
+    spec = (await api.get("/openapi.json")).json()
+    assert {"/rerank", "/switch_model", "/models", "/health", "/health/ready"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert schemas["RerankPairRequest"]["examples"][0]["query"]
+    assert schemas["SwitchModelRequest"]["examples"] == [{"model_name": "bge"}]
+
+
+async def test_gateway_without_triton_starts_and_reports_unavailable():
+    (port,) = stack.free_ports(1)
+    settings = GatewaySettings(triton_url=f"127.0.0.1:{port}", triton_startup_timeout_s=0)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            health = await client.get("/health")
+            assert health.status_code == 200 and health.json()["status"] == "unavailable"
+            assert (await client.get("/health/ready")).status_code == 503
+            response = await client.post("/rerank", json={"query": "q", "document": "d"})
+            assert response.status_code == 503 and response.json()["error_type"] == "no_active_model"
+
+
+def test_gateway_and_client_never_import_torch():
+    code = "import sys, gateway.app, client, launcher.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

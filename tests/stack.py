@@ -1,0 +1,117 @@
+"""Starting the real stack for tests (and GPU checks): `reranker triton`, `reranker gateway`
+and `reranker serve` as processes on free loopback ports, with readiness
+waits and teardown that leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.process import stop, wait_until_live
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RERANKER = [sys.executable, "-m", "launcher.cli"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
+    try:
+        wait_until_live(url, process, timeout_s)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n--- {log} ---\n{log.read_text()[-4000:]}") from None
+
+
+def repository_with_broken_model(target: Path) -> Path:
+    """The shipped model repository plus `missing-weights`, a model whose weights folder does not exist."""
+    shutil.copytree(REPO_ROOT / "model_repository", target, symlinks=True)
+    broken = target / "missing-weights"
+    shutil.copytree(target / "bge-reranker-base", broken, symlinks=True)
+    config = (broken / "config.pbtxt").read_text()
+    config = config.replace('name: "bge-reranker-base"', 'name: "missing-weights"')
+    (broken / "config.pbtxt").write_text(config.replace("models/bge-reranker-base", "models/does-not-exist"))
+    return target
+
+
+@dataclass
+class Process:
+    process: subprocess.Popen
+    log: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def url(self, port: str = "http") -> str:
+        return f"http://127.0.0.1:{self.ports[port]}"
+
+
+def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    handle = log.open("w")
+    return subprocess.Popen(
+        [*RERANKER, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )
+
+
+def start_triton(repository: Path, models_dir: Path, log: Path) -> Process:
+    http, grpc, metrics = free_ports(3)
+    process = _start(
+        ["triton", f"--model-repository={repository}", f"--models-dir={models_dir}",
+         f"--triton-http-port={http}", f"--triton-grpc-port={grpc}", f"--triton-metrics-port={metrics}"],
+        log,
+    )
+    triton = Process(process, log, {"http": http, "grpc": grpc, "metrics": metrics})
+    wait_for(f"{triton.url()}/v2/health/live", process, log)
+    return triton
+
+
+def start_gateway(triton_grpc_port: int, log: Path, model: str = "minilm-l6") -> Process:
+    (port,) = free_ports(1)
+    process = _start(
+        ["gateway", "--host=127.0.0.1", f"--port={port}", f"--triton-url=127.0.0.1:{triton_grpc_port}",
+         f"--model={model}"],
+        log,
+    )
+    gateway = Process(process, log, {"http": port})
+    wait_for(f"{gateway.url()}/health/ready", process, log)
+    return gateway
+
+
+def start_serve(repository: Path, models_dir: Path, log: Path, model: str = "minilm-l6") -> Process:
+    port, http, grpc, metrics = free_ports(4)
+    process = _start(
+        ["serve", f"--model-repository={repository}", f"--models-dir={models_dir}", "--host=127.0.0.1",
+         f"--port={port}", f"--model={model}", f"--triton-http-port={http}", f"--triton-grpc-port={grpc}",
+         f"--triton-metrics-port={metrics}"],
+        log,
+    )
+    serve = Process(process, log, {"http": port, "triton_http": http})
+    wait_for(f"{serve.url()}/health/ready", process, log)
+    return serve
+
+
+def engine_scorer(repository: Path, models_dir: Path, model: str, device: str = "cpu"):
+    """The engine loaded straight from a model's shipped `config.pbtxt`, in this process:
+    the reference that scores through the whole stack must equal."""
+    import re
+
+    import torch
+
+    from rerank_engine.engine import EngineConfig, load_scorer
+
+    text = (repository / model / "config.pbtxt").read_text()
+    params = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    os.environ["RERANKER_MODELS_DIR"] = str(models_dir)
+    return load_scorer(EngineConfig.from_parameters(params), torch.device(device))

@@ -71,6 +71,8 @@ def main() -> None:
                 placement = re.findall(rf"{model}: \w+ on (\S+)", log.read_text())
                 report("switch", model=model, load_time_s=switched.get("load_time_s"), placement=placement,
                        gpu_memory_mib=gpu_memory_mib())
+                if not placement or not placement[-1].startswith("cuda"):
+                    raise SystemExit(f"{model} was not placed on a GPU: {switched}")
                 served = [client.post("/rerank", json={"query": p.query, "document": p.document}).json()["score"]
                           for p in PAIRS]
                 scorer = stack.engine_scorer(stack.REPO_ROOT / "model_repository", args.models_dir, model, "cuda:0")

@@ -9,6 +9,7 @@ models run inside this very environment (same torch, same engine).
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -59,8 +60,20 @@ def _from_pytriton_wheel() -> TritonInstall:
     stub = server / "python_backend_stubs" / PY_VERSION / "triton_python_backend_stub"
     if not stub.is_file():
         raise TritonNotFound(f"the pytriton wheel has no python backend stub for Python {PY_VERSION} ({stub})")
+    _require_numpy_1()
     libs = package.parent / "nvidia_pytriton.libs"
     return TritonInstall(server / "bin" / "tritonserver", _assemble_backend_dir(server, stub), (str(libs),))
+
+
+def _require_numpy_1() -> None:
+    """nvidia-pytriton 0.7.0 declares numpy<2 (its python backend predates numpy 2's
+    ABI); refuse to start rather than serve from an environment it does not support."""
+    numpy_version = importlib.metadata.version("numpy")
+    if int(numpy_version.split(".")[0]) >= 2:
+        raise TritonNotFound(
+            f"numpy {numpy_version} is installed, but the nvidia-pytriton python backend requires numpy<2: "
+            "pip install 'numpy<2'"
+        )
 
 
 def _assemble_backend_dir(server: Path, stub: Path) -> Path:

@@ -28,21 +28,21 @@ def _texts(name: str, tensor: np.ndarray) -> list[str]:
 
 
 def decode_pairs(query: np.ndarray | None, document: np.ndarray | None, instruction: np.ndarray | None) -> list[Pair]:
-    """Rows of query/document (and optional instruction) to pairs.
+    """Rows of query/document (and optional instruction) to pairs, row by row.
 
-    A single query or instruction row is shared by every document row, so a
-    client can send one query with many documents without repeating it.
+    Triton already checks that the inputs share the batch size; the check here
+    keeps the engine safe for any other caller.
     """
     if query is None or document is None:
         missing = contract.INPUT_QUERY if query is None else contract.INPUT_DOCUMENT
         raise InvalidRequest(f"input '{missing}' is required")
     queries = _texts(contract.INPUT_QUERY, query)
     documents = _texts(contract.INPUT_DOCUMENT, document)
-    instructions = _texts(contract.INPUT_INSTRUCTION, instruction) if instruction is not None else [None]
-    n = len(documents)
+    instructions = _texts(contract.INPUT_INSTRUCTION, instruction) if instruction is not None else None
     for name, values in ((contract.INPUT_QUERY, queries), (contract.INPUT_INSTRUCTION, instructions)):
-        if len(values) not in (1, n):
-            raise InvalidRequest(f"input '{name}' has {len(values)} rows; expected 1 or {n} (one per document)")
+        if values is not None and len(values) != len(documents):
+            raise InvalidRequest(f"input '{name}' has {len(values)} rows; expected {len(documents)}, one per document")
     return [
-        Pair(queries[i % len(queries)], documents[i], instructions[i % len(instructions)] or None) for i in range(n)
+        Pair(query, document, (instructions[i] or None) if instructions else None)
+        for i, (query, document) in enumerate(zip(queries, documents))
     ]

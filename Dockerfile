@@ -1,50 +1,104 @@
-# syntax=docker/dockerfile:1
-# Two images from one file:
-#   triton   NVIDIA's Triton with torch, transformers and the scoring engine (GPU)
-#   gateway  the FastAPI gateway, without torch
-# Built and started by docker-compose.yml; weights are mounted from ./models.
+# Two images from one file; docker-compose.yml picks them with `target`:
+#   gateway  the FastAPI gateway on python:3.11-slim: the project's base dependencies, no torch
+#   triton   NVIDIA's Triton 2.51 image with torch (CUDA), transformers and the scoring engine,
+#            serving model_repository/; the weights are mounted at /workspace/models
+#
+#   docker build --target triton  -t reranker-triton  .
+#   docker build --target gateway -t reranker-gateway .
+#
+# The stages are ordered smallest first on purpose: the legacy builder (docker-compose 1.29
+# without BuildKit) builds every stage up to the requested target, so the multi-GB triton stage
+# comes last and building the gateway never pulls it.
+# Layers go from rarely to often changed: dependencies are installed from pyproject.toml alone,
+# before the source is copied, so editing code does not reinstall torch.
 
-# 24.10 ships Triton 2.51, the server the nvidia-pytriton 0.7.0 wheel carries
-# for machines without containers: both paths run the same server version.
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+# ---------------------------------------------------------------------------------------------
+# requirements: pyproject.toml's dependency lists as requirements files. They change only when
+# pyproject.toml does, so the dependency layers below stay cached across code edits.
+FROM python:3.11-slim AS requirements
+WORKDIR /requirements
+COPY pyproject.toml ./
+RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+open('base.txt', 'w').write('\n'.join(project['dependencies']) + '\n'); \
+open('engine.txt', 'w').write('\n'.join(project['optional-dependencies']['engine']) + '\n')"
 
-FROM ${TRITON_IMAGE} AS triton
-# The image has CUDA 12.6 and Python 3.10; torch's cu124 builds run on it.
-ARG TORCH_SPEC="torch==2.5.1"
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
-WORKDIR /workspace
-RUN pip install --no-cache-dir "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"
-COPY pyproject.toml README.md ./
-COPY rerank_engine ./rerank_engine
-COPY gateway ./gateway
-COPY client ./client
-COPY launcher ./launcher
-# Not the `triton` extra: this image has its own tritonserver and python backend.
-RUN pip install --no-cache-dir ".[engine]"
-# COPY keeps the <model>/1/model.py links to model_repository/reranker_model.py.
-COPY model_repository ./model_repository
-ENV RERANKER_MODEL_REPOSITORY=/workspace/model_repository \
-    RERANKER_MODELS_DIR=/workspace/models
-EXPOSE 8100 8101 8102
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=6 \
-    CMD curl -fsS http://localhost:8100/v2/health/live || exit 1
-# `reranker triton` execs tritonserver, so it is PID 1 and gets the container's signals.
-ENTRYPOINT ["reranker", "triton"]
-
+# ---------------------------------------------------------------------------------------------
+# gateway: only the base dependencies (FastAPI, tritonclient, numpy...); it never imports torch.
 FROM python:3.11-slim AS gateway
-WORKDIR /app
-COPY pyproject.toml README.md ./
-# rerank_engine comes along for its torch-free contract module (tensor names).
-COPY rerank_engine ./rerank_engine
-COPY gateway ./gateway
-COPY client ./client
-COPY launcher ./launcher
-RUN pip install --no-cache-dir . \
-    && useradd --system --uid 10001 --no-create-home reranker
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=requirements /requirements/base.txt /tmp/requirements/base.txt
+RUN pip install -r /tmp/requirements/base.txt
+# The project itself, without dependencies (installed above). rerank_engine comes along for its
+# torch-free contract module (the tensor names the gateway sends).
+COPY pyproject.toml README.md /tmp/src/
+COPY rerank_engine /tmp/src/rerank_engine
+COPY gateway /tmp/src/gateway
+COPY launcher /tmp/src/launcher
+COPY client /tmp/src/client
+RUN pip install --no-deps /tmp/src && rm -rf /tmp/src \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reranker
+# Nothing here needs root: the gateway only listens on an unprivileged port and talks gRPC.
 USER reranker
+WORKDIR /app
 ENV RERANKER_HOST=0.0.0.0 \
     RERANKER_PORT=8000
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=6 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
+# The slim image has no curl. /health is liveness: 200 whenever the gateway process serves.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('RERANKER_PORT', '8000'), timeout=4)"
+# Configured through RERANKER_* variables (RERANKER_TRITON_URL, RERANKER_DEFAULT_MODEL, ...);
+# extra `docker run` arguments are appended as flags.
 ENTRYPOINT ["reranker", "gateway"]
+
+# ---------------------------------------------------------------------------------------------
+# triton: NGC release 24.10 = Triton 2.51 (the server the nvidia-pytriton wheel carries for
+# machines without containers), Ubuntu 22.04, Python 3.10, CUDA 12.6.2. It needs an NVIDIA driver
+# >= 560, or on data-center GPUs R470/R525/R535/R545 through the image's CUDA compat libraries.
+# Not an ARG: the torch build below is chosen for this image's CUDA and Python.
+FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS triton
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first, in its own layer (several GB): a CUDA 12.6 build, the image's own CUDA version, so
+# torch has the same driver requirements as Triton; the wheel brings its CUDA libraries as pip
+# packages. 2.7.x is the last release whose default (PyPI) build is CUDA 12.6 too, so the pin holds
+# whichever index serves it; later defaults are CUDA 12.8, then 13.x (driver >= 580, too new for
+# many servers). transformers 5 wants torch >= 2.6 and the project torch >= 2.3.
+ARG TORCH_VERSION=2.7.1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+RUN python3 -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# Then the project's base and `engine` dependencies from PyPI, torch pinned so that nothing swaps
+# the CUDA build for another. Not the `triton` extra: this image has its own tritonserver and
+# python backend. numpy<2 (a base dependency) replaces the image's numpy 2: the 2.51 python
+# backend mis-reads string tensors under numpy 2.
+COPY --from=requirements /requirements/base.txt /requirements/engine.txt /tmp/requirements/
+RUN python3 -m pip install -r /tmp/requirements/base.txt -r /tmp/requirements/engine.txt \
+        "torch==${TORCH_VERSION}"
+COPY pyproject.toml README.md /tmp/src/
+COPY rerank_engine /tmp/src/rerank_engine
+COPY gateway /tmp/src/gateway
+COPY launcher /tmp/src/launcher
+COPY client /tmp/src/client
+RUN python3 -m pip install --no-deps /tmp/src && rm -rf /tmp/src
+WORKDIR /workspace
+# COPY keeps symbolic links: each <model>/1/model.py stays a link to reranker_model.py.
+COPY model_repository /workspace/model_repository
+# /workspace/models is where docker-compose.yml mounts ./models (read-only). The weights are
+# read from there only, so the hub is never asked for them.
+RUN mkdir -p /workspace/models
+ENV RERANKER_MODEL_REPOSITORY=/workspace/model_repository \
+    RERANKER_MODELS_DIR=/workspace/models \
+    HF_HUB_OFFLINE=1
+# Triton's HTTP, gRPC (the gateway's) and metrics ports, moved off 8000 which the gateway takes.
+EXPOSE 8100 8101 8102
+# Liveness only: in explicit model-control mode no model is loaded until the gateway asks for one.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD curl -fsS "http://127.0.0.1:${RERANKER_TRITON_HTTP_PORT:-8100}/v2/health/live" || exit 1
+# CMD, not ENTRYPOINT: NVIDIA's entrypoint (/opt/nvidia/nvidia_entrypoint.sh: driver and CUDA
+# compat checks) stays and execs it. `reranker triton` in turn execs tritonserver with
+# --model-control-mode=explicit, so the server gets the container's signals.
+CMD ["reranker", "triton", "--model-repository", "/workspace/model_repository"]

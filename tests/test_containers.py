@@ -1,66 +1,327 @@
-"""The container files: docker-compose.yml checked by a real compose parser
-(Debian's docker-compose 1.29, which needs no Docker engine), and the
-Dockerfile's two targets."""
+"""The container files, checked without a Docker engine.
+
+docker-compose.yml goes through a real compose parser, Debian's docker-compose 1.29
+(`docker-compose config` needs no engine), and its normalised output is checked for what the
+deployment relies on: the GPU, shared memory, read-only weights, health-gated start-up and the
+gateway pointing at Triton's gRPC port. The Dockerfile is read as text: its two targets, the
+Triton base image, and a gateway image without torch. .dockerignore must keep the weights out of
+the build context but nothing the Dockerfile copies.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.stack import REPO_ROOT
+from gateway.settings import GatewaySettings
+from launcher.settings import TritonSettings
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+MODELS_IN_IMAGE = "/workspace/models"
+
+
+# --- docker-compose.yml -------------------------------------------------------------------------
+
+
+def compose_config(**env: str) -> dict:
+    """`docker-compose config` of the repository's file, parsed; `env` as the only RERANKER_* /
+    COMPOSE_* variables, so the caller's shell cannot change the defaults under test."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail(
+            "docker-compose is not installed: apt-get install docker-compose "
+            "(./run.sh test installs it; the compose file is validated by its parser)"
+        )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RERANKER_", "COMPOSE_", "DOCKER_"))}
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "config"],
+        cwd=REPO_ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"docker-compose config rejected {COMPOSE_FILE.name}:\n{result.stderr}"
+    config = yaml.safe_load(result.stdout)
+    assert isinstance(config, dict) and "services" in config, result.stdout
+    return config
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    binary = shutil.which("docker-compose")
-    assert binary, "docker-compose is missing: apt-get install docker-compose (./run.sh test installs it)"
-    result = subprocess.run(
-        [binary, "-f", str(REPO_ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin"},
+def services() -> dict:
+    return compose_config()["services"]
+
+
+def _bytes(size) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]?)b?", str(size).strip().lower())
+    assert match, f"unreadable size {size!r}"
+    return int(float(match[1]) * 1024 ** " kmg".index(match[2] or " "))
+
+
+def _environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # KEY=VALUE form
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _ports(service: dict) -> list[tuple[int, int]]:
+    """(published, target) pairs, from the long syntax that `config` prints or "a:b" strings."""
+    pairs = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            pairs.append((int(port["published"]), int(port["target"])))
+        else:
+            published, _, target = str(port).rpartition(":")
+            pairs.append((int(published.rpartition(":")[2]), int(target.split("/")[0])))
+    return pairs
+
+
+def _volumes(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of each volume."""
+    mounts = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            mounts.append((volume.get("source", ""), volume["target"], bool(volume.get("read_only"))))
+        else:
+            parts = volume.split(":")
+            mode = parts[2] if len(parts) > 2 else "rw"
+            mounts.append((parts[0], parts[1], "ro" in mode.split(",")))
+    return mounts
+
+
+def test_compose_file_validates_and_has_the_two_services(services):
+    assert set(services) == {"triton", "gateway"}
+    assert services["triton"]["build"]["target"] == "triton"
+    assert services["gateway"]["build"]["target"] == "gateway"
+    for name, service in services.items():
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
+
+
+def test_triton_service_gets_the_gpu(services):
+    triton = services["triton"]
+    devices = triton.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    gpu_reserved = any("gpu" in (d.get("capabilities") or []) for d in devices)
+    assert triton.get("runtime") == "nvidia" or gpu_reserved, "triton gets no GPU (runtime: nvidia or a GPU reservation)"
+    if triton.get("runtime") == "nvidia":
+        assert _environment(triton).get("NVIDIA_VISIBLE_DEVICES") == "all"
+
+
+def test_triton_service_has_shared_memory_for_the_python_backend(services):
+    shm = services["triton"].get("shm_size")
+    assert shm is not None, "shm_size unset: Docker's 64 MB /dev/shm is too small for python-backend tensors"
+    assert _bytes(shm) >= 1024**3, f"shm_size {shm} is under 1 GB"
+
+
+def test_weights_are_mounted_read_only_where_the_image_looks_for_them(services):
+    triton = services["triton"]
+    mounts = {target: (source, read_only) for source, target, read_only in _volumes(triton)}
+    assert MODELS_IN_IMAGE in mounts, f"no volume at {MODELS_IN_IMAGE}: {triton.get('volumes')}"
+    source, read_only = mounts[MODELS_IN_IMAGE]
+    assert Path(source) == REPO_ROOT / "models"
+    assert read_only, "the weights must be mounted read-only"
+    assert _environment(triton).get("RERANKER_MODELS_DIR", MODELS_IN_IMAGE) == MODELS_IN_IMAGE
+    assert _dockerfile_env("triton").get("RERANKER_MODELS_DIR") == MODELS_IN_IMAGE
+
+
+def test_triton_service_publishes_its_ports_and_has_a_health_check(services):
+    triton = services["triton"]
+    ports = dict(_ports(triton))
+    for port in (8100, 8101, 8102):
+        assert ports.get(port) == port, f"Triton port {port} not published: {triton.get('ports')}"
+    test = triton.get("healthcheck", {}).get("test", "")
+    check = " ".join(test) if isinstance(test, list) else test
+    assert re.search(r"(localhost|127\.0\.0\.1):8100/v2/health/(ready|live)", check), f"health check: {check!r}"
+
+
+def test_gateway_waits_for_a_healthy_triton(services):
+    depends_on = services["gateway"].get("depends_on")
+    assert isinstance(depends_on, dict) and "triton" in depends_on, depends_on
+    assert depends_on["triton"].get("condition") == "service_healthy"
+
+
+def test_gateway_listens_on_8000(services):
+    gateway = services["gateway"]
+    port = int(_environment(gateway).get("RERANKER_PORT", GatewaySettings.model_fields["port"].default))
+    assert port == 8000
+    assert (8000, port) in _ports(gateway), gateway.get("ports")
+
+
+def test_gateway_reaches_triton_on_its_grpc_port(services):
+    triton, gateway = services["triton"], services["gateway"]
+    grpc_port = int(
+        _environment(triton).get("RERANKER_TRITON_GRPC_PORT", TritonSettings.model_fields["triton_grpc_port"].default)
     )
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
+    host, _, port = _environment(gateway)["RERANKER_TRITON_URL"].rpartition(":")
+    assert host == "triton", "the gateway must address Triton by its compose service name"
+    assert int(port) == grpc_port, f"gateway uses port {port}, Triton serves gRPC on {grpc_port}"
+    assert grpc_port in [target for _, target in _ports(triton)] or grpc_port in _dockerfile_exposed("triton")
 
 
-def test_compose_has_triton_and_gateway(compose):
-    assert set(compose["services"]) == {"triton", "gateway"}
+def test_default_model_is_bge_and_configurable():
+    default = compose_config()["services"]["gateway"]
+    assert _environment(default)["RERANKER_DEFAULT_MODEL"] == "bge-reranker-base"
+    chosen = compose_config(RERANKER_DEFAULT_MODEL="qwen3-reranker-4b")["services"]["gateway"]
+    assert _environment(chosen)["RERANKER_DEFAULT_MODEL"] == "qwen3-reranker-4b"
 
 
-def test_triton_service_gets_the_gpu_shm_and_read_only_models(compose):
-    triton = compose["services"]["triton"]
-    assert triton["runtime"] == "nvidia"
-    assert triton["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
-    assert triton["shm_size"] in ("2gb", "2g", 2 * 1024**3)
-    assert any(v.endswith("/models:/workspace/models:ro") for v in triton["volumes"])
-    assert triton["environment"]["RERANKER_MODELS_DIR"] == "/workspace/models"
-    assert triton["build"]["target"] == "triton"
-    assert "healthcheck" in triton and triton["restart"] == "unless-stopped"
+# --- Dockerfile ---------------------------------------------------------------------------------
 
 
-def test_gateway_waits_for_healthy_triton_on_its_grpc_port(compose):
-    gateway, triton = compose["services"]["gateway"], compose["services"]["triton"]
-    assert gateway["depends_on"]["triton"]["condition"] == "service_healthy"
-    assert {"published": 8000, "target": 8000} in [
-        {k: int(p[k]) for k in ("published", "target")} for p in gateway["ports"]
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if current and line.lstrip().startswith("#"):  # comment lines inside a continuation
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    if current:
+        logical.append(current)
+    return [(words[0].upper(), words[1] if len(words) > 1 else "") for words in (s.strip().split(None, 1) for s in logical)]
+
+
+def _stages() -> dict[str, dict]:
+    """name -> {"base": image, "index": n, "instructions": [...]}; global ARG defaults substituted."""
+    global_args, stages, current = {}, {}, None
+    for instruction, args in _instructions(DOCKERFILE.read_text()):
+        if instruction == "FROM":
+            match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args.strip(), re.I)
+            assert match, f"unreadable FROM {args!r}"
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m[1], m[0]), match[1])
+            current = {"base": base, "index": len(stages), "instructions": []}
+            stages[match[2] or f"stage{len(stages)}"] = current
+        elif current is None:
+            if instruction == "ARG" and "=" in args:
+                name, value = args.split("=", 1)
+                global_args[name.strip()] = value.strip().strip('"')
+        else:
+            current["instructions"].append((instruction, args))
+    return stages
+
+
+def _stage(name: str) -> dict:
+    stages = _stages()
+    assert name in stages, f"no `{name}` target in the Dockerfile (stages: {', '.join(stages)})"
+    return stages[name]
+
+
+def _dockerfile_env(name: str) -> dict[str, str]:
+    env = {}
+    for instruction, args in _stage(name)["instructions"]:
+        if instruction == "ENV":
+            env.update((k, v.strip('"')) for k, v in re.findall(r"(\w+)=(\"[^\"]*\"|\S+)", args))
+    return env
+
+
+def _dockerfile_exposed(name: str) -> list[int]:
+    return [int(p.split("/")[0]) for i, a in _stage(name)["instructions"] if i == "EXPOSE" for p in a.split()]
+
+
+def _command(name: str) -> str:
+    """ENTRYPOINT and CMD of a stage, as one string of words."""
+    words = []
+    for instruction, args in _stage(name)["instructions"]:
+        if instruction in ("ENTRYPOINT", "CMD"):
+            words += yaml.safe_load(args) if args.startswith("[") else args.split()
+    return " ".join(words)
+
+
+def test_dockerfile_has_both_targets_gateway_first():
+    stages = _stages()
+    assert {"triton", "gateway"} <= set(stages), f"stages: {', '.join(stages)}"
+    # The legacy builder builds every stage up to the target: the gateway must not wait for Triton's.
+    assert stages["gateway"]["index"] < stages["triton"]["index"]
+
+
+def test_triton_stage_is_ngc_tritonserver_with_torch_and_the_engine():
+    stage = _stage("triton")
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", stage["base"]), stage["base"]
+    runs = " ".join(args for instruction, args in stage["instructions"] if instruction in ("RUN", "COPY"))
+    assert "torch" in runs
+    assert re.search(r"\[engine\]|\bengine\.txt\b", runs), "the triton image must install the engine extra"
+    assert "pytriton" not in runs and "[triton]" not in runs, "the NGC image has its own tritonserver"
+    assert any(i == "COPY" and a.split()[0] == "model_repository" for i, a in stage["instructions"])
+    assert ("WORKDIR", "/workspace") in stage["instructions"]
+    assert {8100, 8101, 8102} <= set(_dockerfile_exposed("triton"))
+    assert _command("triton").endswith("reranker triton --model-repository /workspace/model_repository")
+    health = [a for i, a in stage["instructions"] if i == "HEALTHCHECK"]
+    assert health and "curl" in health[0] and "/v2/health/live" in health[0]
+
+
+def test_gateway_stage_installs_no_torch():
+    stage = _stage("gateway")
+    assert stage["base"].startswith("python:3.11"), stage["base"]
+    steps = " ".join(args for instruction, args in stage["instructions"] if instruction in ("RUN", "COPY", "ADD"))
+    assert "pip install" in steps
+    assert "torch" not in steps, "the gateway image must not install torch"
+    assert not re.search(r"\bengine\b", steps), "the gateway image must not install the engine extra"
+    # What it does install, the base dependencies, are torch-free too.
+    base = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in base if re.match(r"torch\b", d)], base
+    users = [a.strip() for i, a in stage["instructions"] if i == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the gateway must run as a non-root user"
+    assert _command("gateway").startswith("reranker gateway")
+    assert 8000 in _dockerfile_exposed("gateway")
+    health = [a for i, a in stage["instructions"] if i == "HEALTHCHECK"]
+    assert health and "/health" in health[0]
+
+
+# --- .dockerignore ------------------------------------------------------------------------------
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: the last matching pattern wins; a pattern matches a path or any
+    folder above it."""
+    ignored = False
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, pattern.replace("**/", "")) for p in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerignore_keeps_weights_out_and_what_the_dockerfile_copies_in():
+    patterns = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
     ]
-    host, port = gateway["environment"]["RERANKER_TRITON_URL"].split(":")
-    assert host == "triton"
-    assert int(port) in [int(p["target"]) for p in triton["ports"]]
-    assert gateway["build"]["target"] == "gateway"
-
-
-def test_dockerfile_targets():
-    text = (REPO_ROOT / "Dockerfile").read_text()
-    stages = dict(re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", text, re.M)[i][::-1] for i in range(2))
-    assert set(stages) == {"triton", "gateway"}
-    base = re.search(r"^ARG TRITON_IMAGE=(\S+)", text, re.M).group(1)
-    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", base)
-    gateway_stage = text.split("AS gateway", 1)[1]
-    installs = " ".join(re.findall(r"^RUN (.*(?:\\\n.*)*)", gateway_stage, re.M))
-    assert "pip install" in installs and "torch" not in installs and "[engine]" not in installs
-    assert 'ENTRYPOINT ["reranker", "gateway"]' in gateway_stage
-    assert 'ENTRYPOINT ["reranker", "triton"]' in text.split("AS gateway", 1)[0]
+    for heavy in ("models/Qwen3-Reranker-8B/model.safetensors", ".venv/bin/python", ".git/HEAD"):
+        assert _ignored(heavy, patterns), f"{heavy} would be sent to the Docker daemon"
+    copied = {
+        source
+        for stage in _stages().values()
+        for instruction, args in stage["instructions"]
+        if instruction == "COPY" and not args.startswith("--from")
+        for source in args.split()[:-1]
+        if not source.startswith("--")
+    }
+    assert {"pyproject.toml", "model_repository", "rerank_engine"} <= copied
+    for source in sorted(copied):
+        assert not _ignored(source, patterns), f".dockerignore drops {source}, which the Dockerfile copies"
+    assert not _ignored("model_repository/reranker_model.py", patterns)

@@ -39,16 +39,18 @@ COPY gateway /tmp/src/gateway
 COPY launcher /tmp/src/launcher
 COPY client /tmp/src/client
 RUN pip install --no-deps /tmp/src && rm -rf /tmp/src \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reranker
-# Nothing here needs root: the gateway only listens on an unprivileged port and talks gRPC.
-USER reranker
+    && groupadd --system --gid 10001 reranker \
+    && useradd --system --uid 10001 --gid reranker --no-create-home --shell /usr/sbin/nologin reranker
+# Nothing here needs root: the gateway listens on an unprivileged port and talks gRPC. Numeric,
+# so that runtimes (Kubernetes' runAsNonRoot) can tell it is not root.
+USER 10001:10001
 WORKDIR /app
 ENV RERANKER_HOST=0.0.0.0 \
     RERANKER_PORT=8000
 EXPOSE 8000
 # The slim image has no curl. /health is liveness: 200 whenever the gateway process serves.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('RERANKER_PORT', '8000'), timeout=4)"
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('RERANKER_PORT', '8000'), timeout=4)"]
 # Configured through RERANKER_* variables (RERANKER_TRITON_URL, RERANKER_DEFAULT_MODEL, ...);
 # extra `docker run` arguments are appended as flags.
 ENTRYPOINT ["reranker", "gateway"]
@@ -73,8 +75,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 RUN python3 -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # Then the project's base and `engine` dependencies from PyPI, torch pinned so that nothing swaps
 # the CUDA build for another. Not the `triton` extra: this image has its own tritonserver and
-# python backend. numpy<2 (a base dependency) replaces the image's numpy 2: the 2.51 python
-# backend mis-reads string tensors under numpy 2.
+# python backend. The base dependencies' numpy<2 holds here too (it downgrades a numpy 2 that the
+# image may carry): the 2.51 python backend is built against numpy 1.x (launcher/tritonserver.py).
 COPY --from=requirements /requirements/base.txt /requirements/engine.txt /tmp/requirements/
 RUN python3 -m pip install -r /tmp/requirements/base.txt -r /tmp/requirements/engine.txt \
         "torch==${TORCH_VERSION}"
@@ -96,6 +98,8 @@ ENV RERANKER_MODEL_REPOSITORY=/workspace/model_repository \
 # Triton's HTTP, gRPC (the gateway's) and metrics ports, moved off 8000 which the gateway takes.
 EXPOSE 8100 8101 8102
 # Liveness only: in explicit model-control mode no model is loaded until the gateway asks for one.
+# Shell form, for the port variable.
+# hadolint ignore=DL3025
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS "http://127.0.0.1:${RERANKER_TRITON_HTTP_PORT:-8100}/v2/health/live" || exit 1
 # CMD, not ENTRYPOINT: NVIDIA's entrypoint (/opt/nvidia/nvidia_entrypoint.sh: driver and CUDA

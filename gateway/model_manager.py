@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -46,7 +46,7 @@ class ModelManager:
         self.active: str | None = None
         self._switch_lock = asyncio.Lock()
         self._leases: Counter[str] = Counter()
-        self._drained: dict[str, asyncio.Event] = {}
+        self._drained: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     async def start(self) -> None:
         """Wait for Triton, then load and activate the default model.
@@ -84,7 +84,7 @@ class ModelManager:
         if model is None:
             raise GatewayError(ErrorKind.NO_ACTIVE_MODEL, "no model is active; POST /switch_model to load one")
         self._leases[model] += 1
-        self._drained.setdefault(model, asyncio.Event()).clear()
+        self._drained[model].clear()
         try:
             yield model
         finally:

@@ -144,8 +144,12 @@ def triton_environment(install: TritonInstall, options: TritonOptions, base: dic
     engine_root = str(Path(rerank_engine.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (engine_root, env.get("PYTHONPATH", "")) if p)
     library_path = [*install.library_path]
-    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        library_path.append(sysconfig.get_config_var("LIBDIR"))
+    # The wheel's stub needs this Python's libpython. A system folder is left out: the loader
+    # searches it anyway, and listing it first would shadow CUDA compat libraries in NVIDIA's image.
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    shared = bool(sysconfig.get_config_var("Py_ENABLE_SHARED"))
+    if install.library_path and shared and not libdir.startswith(("/usr/lib", "/lib")):
+        library_path.append(libdir)
     if library_path:
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*library_path, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     return env

@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from rerank_engine import contract
 from rerank_engine.engine import EngineConfig, load_scorer, resolve_device
-from rerank_engine.requests import InvalidRequest, decode_pairs
+from rerank_engine.inputs import InvalidRequest, decode_pairs
 
 
 class TritonPythonModel:

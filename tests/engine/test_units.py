@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from rerank_engine.batching import plan_micro_batches
 from rerank_engine.engine import EngineConfig
-from rerank_engine.requests import InvalidRequest, decode_pairs
+from rerank_engine.inputs import InvalidRequest, decode_pairs
 from rerank_engine.tokens import SpecialTokenTemplate, longest_first_lengths, raw_tokenizer
 from rerank_engine.weights import WeightsNotFoundError, require_weights, resolve_weights_path
 from tests.tiny_models import TOKENIZERS_DIR, minilm_source

@@ -1,9 +1,10 @@
-"""Thin clients over the gateway's HTTP API (httpx). Errors come back as
-`RerankerError` carrying the HTTP status and the gateway's error type."""
+"""Thin clients over the gateway's HTTP API (httpx), synchronous and
+asynchronous. Errors come back as `RerankerError` carrying the HTTP status and
+the gateway's error type."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import httpx
 
@@ -23,9 +24,18 @@ def _result(response: httpx.Response) -> Any:
         return response.json()
     try:
         body = response.json()
-        raise RerankerError(response.status_code, body.get("error_type", "error"), body.get("error", response.text))
     except ValueError:
         raise RerankerError(response.status_code, "error", response.text) from None
+    raise RerankerError(response.status_code, body.get("error_type", "error"), body.get("error", response.text))
+
+
+def _rerank_body(query: str, documents: Sequence[str], options: dict[str, Any]) -> dict:
+    return {"query": query, "documents": list(documents), **{k: v for k, v in options.items() if v is not None}}
+
+
+def _score_body(queries: Sequence[str], documents: Sequence[str], model: str | None) -> dict:
+    body = {"queries": list(queries), "documents": list(documents)}
+    return body if model is None else {**body, "model": model}
 
 
 class RerankerClient:
@@ -33,10 +43,18 @@ class RerankerClient:
         self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
 
     def rerank(self, query: str, document: str) -> float:
+        """The seed's single pair, scored by the active model."""
         return _result(self._http.post("/rerank", json={"query": query, "document": document}))["score"]
 
-    def switch_model(self, model_name: str) -> dict:
-        return _result(self._http.post("/switch_model", json={"model_name": model_name}))
+    def rerank_documents(self, query: str, documents: Sequence[str], **options: Any) -> dict:
+        """POST /v1/rerank; options: model, top_n, return_documents, instruction, max_tokens_per_doc, ..."""
+        return _result(self._http.post("/v1/rerank", json=_rerank_body(query, documents, options)))
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str], model: str | None = None) -> dict:
+        return _result(self._http.post("/v1/score", json=_score_body(queries, documents, model)))
+
+    def switch_model(self, model_name: str, keep_loaded: bool = False) -> dict:
+        return _result(self._http.post("/switch_model", json={"model_name": model_name, "keep_loaded": keep_loaded}))
 
     def models(self) -> dict:
         return _result(self._http.get("/models"))
@@ -61,8 +79,15 @@ class AsyncRerankerClient:
     async def rerank(self, query: str, document: str) -> float:
         return _result(await self._http.post("/rerank", json={"query": query, "document": document}))["score"]
 
-    async def switch_model(self, model_name: str) -> dict:
-        return _result(await self._http.post("/switch_model", json={"model_name": model_name}))
+    async def rerank_documents(self, query: str, documents: Sequence[str], **options: Any) -> dict:
+        return _result(await self._http.post("/v1/rerank", json=_rerank_body(query, documents, options)))
+
+    async def score_pairs(self, queries: Sequence[str], documents: Sequence[str], model: str | None = None) -> dict:
+        return _result(await self._http.post("/v1/score", json=_score_body(queries, documents, model)))
+
+    async def switch_model(self, model_name: str, keep_loaded: bool = False) -> dict:
+        body = {"model_name": model_name, "keep_loaded": keep_loaded}
+        return _result(await self._http.post("/switch_model", json=body))
 
     async def models(self) -> dict:
         return _result(await self._http.get("/models"))

@@ -4,9 +4,10 @@ lifespan that connects to Triton and activates the start-up model."""
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from gateway.errors import install_error_handlers
 from gateway.model_manager import ModelManager
@@ -40,4 +41,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(router)
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def timing_headers(request: Request, call_next):
+        # TEI's header names, in milliseconds; load tests read them per request.
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["x-total-time"] = f"{(time.perf_counter() - started) * 1000:.3f}"
+        timing = getattr(request.state, "timing", None)
+        if timing is not None and timing.inference_s is not None:
+            response.headers["x-queue-time"] = f"{timing.queue_s * 1000:.3f}"
+            response.headers["x-inference-time"] = f"{timing.inference_s * 1000:.3f}"
+        return response
+
     return app

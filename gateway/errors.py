@@ -12,10 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from gateway.protocol import UNION_TAGS
+
 
 class ErrorKind(str, Enum):
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_MODEL = "unknown_model"
+    MODEL_NOT_LOADED = "model_not_loaded"
+    INPUT_TOO_LONG = "input_too_long"
     NO_ACTIVE_MODEL = "no_active_model"
     MODEL_LOAD_FAILED = "model_load_failed"
     MODEL_NOT_READY = "model_not_ready"
@@ -28,6 +32,8 @@ class ErrorKind(str, Enum):
 STATUS = {
     ErrorKind.INVALID_REQUEST: 422,
     ErrorKind.UNKNOWN_MODEL: 400,
+    ErrorKind.MODEL_NOT_LOADED: 400,
+    ErrorKind.INPUT_TOO_LONG: 400,
     ErrorKind.NO_ACTIVE_MODEL: 503,
     ErrorKind.MODEL_LOAD_FAILED: 503,
     ErrorKind.MODEL_NOT_READY: 503,
@@ -65,7 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        location = [str(part) for part in first.get("loc", ()) if part != "body" and part not in UNION_TAGS]
         field = ".".join(location) or "body"
         message = f"{field}: {first.get('msg', 'invalid value')}"
         return JSONResponse(error_body(ErrorKind.INVALID_REQUEST, message, field), status_code=422)

@@ -1,10 +1,12 @@
-"""Which model is active, and switching it through Triton's repository API.
+"""Which models are loaded and which is active, and switching through
+Triton's repository API.
 
-A request takes a lease on the model that is active when it starts and keeps
-that model to the end, whatever switch happens meanwhile. A switch loads the
-new model, makes it active only once Triton reports it READY, then waits for
-the old model's leases to drain before unloading it. Switches are serialised;
-if the load fails, the old model stays active.
+A request takes a lease on its model - the one it names, or the one active
+when it starts - and keeps it to the end, whatever switch happens meanwhile.
+A switch loads the new model, makes it active only once Triton reports it
+READY, then (unless asked to keep it) waits for the old model's leases to
+drain before unloading it. Switches are serialised; if the load fails, the
+old model stays active.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import AsyncIterator
 
 from gateway.errors import ErrorKind, GatewayError
 from gateway.settings import GatewaySettings
-from gateway.triton import TritonBackend
+from gateway.triton import ModelInfo, TritonBackend
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class ModelManager:
         self.triton = triton
         self.settings = settings
         self.active: str | None = None
+        self.loaded: dict[str, ModelInfo] = {}  # the models this gateway has seen READY
         self._switch_lock = asyncio.Lock()
         self._leases: Counter[str] = Counter()
         self._drained: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -66,7 +69,7 @@ class ModelManager:
         except GatewayError as exc:
             log.error("default model %s is not active: %s", self.settings.default_model, exc.message)
 
-    async def resolve(self, name: str) -> str:
+    async def resolve(self, name: str, field: str = "model_name") -> str:
         """An alias or Triton model name to a Triton model name."""
         if name in self.settings.model_aliases:
             return self.settings.model_aliases[name]
@@ -75,22 +78,34 @@ class ModelManager:
             return name
         valid = sorted(set(self.settings.model_aliases) | set(names))
         raise GatewayError(
-            ErrorKind.UNKNOWN_MODEL, f"unknown model {name!r}; valid names: {', '.join(valid)}", field="model_name"
+            ErrorKind.UNKNOWN_MODEL, f"unknown model {name!r}; valid names: {', '.join(valid)}", field=field
         )
 
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[str]:
-        model = self.active
+    async def lease(self, requested: str | None = None) -> AsyncIterator[ModelInfo]:
+        """The named model if it is loaded, else the active one, held until the block ends."""
+        model = await self._loaded_model(requested) if requested else self.active
         if model is None:
             raise GatewayError(ErrorKind.NO_ACTIVE_MODEL, "no model is active; POST /switch_model to load one")
         self._leases[model] += 1
         self._drained[model].clear()
         try:
-            yield model
+            yield self.loaded[model]
         finally:
             self._leases[model] -= 1
             if self._leases[model] == 0:
                 self._drained[model].set()
+
+    async def _loaded_model(self, requested: str) -> str:
+        model = await self.resolve(requested, field="model")
+        if model not in self.loaded and await self.triton.is_ready(model):
+            self.loaded[model] = await self.triton.model_info(model)  # loaded by another gateway
+        if model not in self.loaded:
+            loaded = ", ".join(sorted(self.loaded)) or "none"
+            raise GatewayError(
+                ErrorKind.MODEL_NOT_LOADED, f"model {requested!r} is not loaded; loaded models: {loaded}", field="model"
+            )
+        return model
 
     async def switch(self, requested: str, keep_loaded: bool = False) -> SwitchResult:
         target = await self.resolve(requested)
@@ -102,6 +117,7 @@ class ModelManager:
                 if not await self.triton.is_ready(target):
                     raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
             load_time = time.perf_counter() - started
+            self.loaded[target] = await self.triton.model_info(target)
             self.active = target
             if previous and previous != target and not keep_loaded:
                 await self._drain_and_unload(previous)
@@ -114,6 +130,7 @@ class ModelManager:
             except asyncio.TimeoutError:
                 log.warning("%s still has %d requests after %.0f s; unloading anyway (Triton finishes them)",
                             model, self._leases[model], self.settings.drain_timeout_s)
+        self.loaded.pop(model, None)
         try:
             await self.triton.unload(model)
         except GatewayError as exc:

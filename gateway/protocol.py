@@ -3,7 +3,15 @@ schema is generated from these."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+
+def _has_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("query must contain at least one non-whitespace character")
+    return value
 
 
 class RerankPairRequest(BaseModel):
@@ -17,16 +25,168 @@ class RerankPairRequest(BaseModel):
     query: str = Field(description="The search query.")
     document: str = Field(description="One candidate document.")
 
-    @field_validator("query")
-    @classmethod
-    def _query_has_text(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must contain at least one non-whitespace character")
-        return value
+    _query_has_text = field_validator("query")(_has_text)
 
 
 class RerankPairResponse(BaseModel):
     score: float = Field(description="Relevance of the document to the query, from the active model.")
+
+
+class RerankDocument(BaseModel):
+    """A document as an object (Jina and Cohere v1 accept `{"text": ...}`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """One query, many documents: the Cohere v2 / Jina rerank request."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "bge",
+                    "query": "What is the capital of France?",
+                    "documents": ["Paris is the capital of France.", "Berlin is in Germany.", {"text": "Lyon"}],
+                    "top_n": 2,
+                    "return_documents": True,
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(None, description="Alias or Triton name of a loaded model; default: the active one.")
+    query: str = Field(description="The search query.")
+    documents: list[str | RerankDocument] = Field(
+        min_length=1, description="Candidate documents, as strings or {\"text\": ...} objects."
+    )
+    top_n: int | None = Field(
+        None, ge=1, description="Return the best n results (after sorting); larger than the documents: all."
+    )
+    return_documents: bool = Field(False, description="Echo each result's document text.")
+    max_tokens_per_doc: int | None = Field(
+        None, ge=1, description="Cut every document to this many tokens before scoring (Cohere v2)."
+    )
+    instruction: str | None = Field(
+        None, description="Task instruction for Qwen3 rerankers; ignored, with a warning in meta, by the others."
+    )
+    truncate: bool = Field(
+        True, description="Cut pairs longer than the model's limit (reported in meta); false: refuse them with 400."
+    )
+    return_raw_scores: bool = Field(False, description="Add each result's raw logit (`raw_score`).")
+    raw_scores: bool = Field(False, description="Alias of return_raw_scores.")
+
+    _query_has_text = field_validator("query")(_has_text)
+
+    @model_validator(mode="after")
+    def _truncation_is_one_policy(self) -> "RerankRequest":
+        if not self.truncate and self.max_tokens_per_doc is not None:
+            raise ValueError("max_tokens_per_doc asks to cut documents; it cannot go with truncate: false")
+        return self
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class RerankResultDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="Position of the document in the request.")
+    relevance_score: float = Field(description="Model score: [0, 1] for cross-encoders, cosine for bi-encoders.")
+    document: RerankResultDocument | None = None
+    raw_score: float | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int = Field(description="Tokens the model read, after truncation.")
+    truncated_documents: int = Field(0, description="Documents cut to fit the model or max_tokens_per_doc.")
+
+
+class RerankMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    api_version: dict = Field(default_factory=lambda: {"version": "2"})
+    billed_units: dict = Field(default_factory=lambda: {"search_units": 1})
+    truncated_documents: int = 0
+    warnings: list[str] = Field(default_factory=list)
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage
+    meta: RerankMeta
+
+
+UNION_TAGS = ("pair-form", "list-form")
+"""Tags of the /rerank body union; they are not fields, so error messages leave them out."""
+
+RerankAnyRequest = Annotated[
+    Union[Annotated[RerankPairRequest, Tag("pair-form")], Annotated[RerankRequest, Tag("list-form")]],
+    Discriminator(lambda body: "list-form" if isinstance(body, dict) and "documents" in body else "pair-form"),
+]
+"""/rerank takes the seed's single pair, or the list form of /v1/rerank."""
+
+
+class ScoreRequest(BaseModel):
+    """Arbitrary (text_1, text_2) pairs, vLLM style, or queries/documents lists."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text_1": "What is the capital of France?",
+                                         "text_2": ["Paris is the capital of France.", "Berlin is in Germany."]}]},
+    )
+
+    model: str | None = Field(None, description="Alias or Triton name of a loaded model; default: the active one.")
+    text_1: str | list[str] | None = Field(None, description="Query, or one query per pair.")
+    text_2: str | list[str] | None = Field(None, description="Document, or one document per pair.")
+    queries: list[str] | None = Field(None, description="One query per pair (with `documents`).")
+    documents: list[str] | None = Field(None, description="One document per pair (with `queries`).")
+    truncate: bool = Field(True, description="As in /v1/rerank.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ScoreRequest":
+        vllm = self.text_1 is not None or self.text_2 is not None
+        if vllm == (self.queries is not None or self.documents is not None):
+            raise ValueError("give either text_1 and text_2, or queries and documents")
+        first, second = (self.text_1, self.text_2) if vllm else (self.queries, self.documents)
+        if first is None or second is None:
+            raise ValueError("both sides of the pairs are required")
+        first = [first] if isinstance(first, str) else first
+        second = [second] if isinstance(second, str) else second
+        if len(first) == 1 and len(second) > 1:
+            first = first * len(second)
+        if len(first) != len(second) or not first:
+            raise ValueError(f"{len(first)} queries for {len(second)} documents: give one query, or one per document")
+        for text in first:
+            _has_text(text)
+        self.queries, self.documents, self.text_1, self.text_2 = first, second, None, None
+        return self
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ScoreData]
+    usage: ScoreUsage
 
 
 class SwitchModelRequest(BaseModel):
@@ -35,12 +195,15 @@ class SwitchModelRequest(BaseModel):
     model_name: str = Field(
         min_length=1, description="An alias (bge, qwen4b, qwen8b, minilm) or a Triton model name."
     )
+    keep_loaded: bool = Field(
+        False, description="Keep the previous model loaded, so requests can still name it (memory allowing)."
+    )
 
 
 class SwitchModelResponse(BaseModel):
     message: str = Field(examples=["Switched to model bge"])
     model: str = Field(description="The Triton model now active.")
-    previous: str | None = Field(description="The model active before, unloaded unless it is the same.")
+    previous: str | None = Field(description="The model active before; unloaded unless kept or the same.")
     load_time_s: float = Field(description="Seconds spent loading the new model (0 when it was loaded already).")
 
 

@@ -9,31 +9,60 @@ from gateway.protocol import (
     ErrorResponse,
     HealthResponse,
     ModelsResponse,
+    RerankAnyRequest,
     RerankPairRequest,
     RerankPairResponse,
+    RerankRequest,
+    RerankResponse,
+    ScoreRequest,
+    ScoreResponse,
     SwitchModelRequest,
     SwitchModelResponse,
 )
-from gateway.service import RerankService
+from gateway.service import RerankService, Timing
 
-router = APIRouter(responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+router = APIRouter(
+    responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+)
 
 
 def service(request: Request) -> RerankService:
     return request.app.state.service
 
 
-@router.post("/rerank", response_model=RerankPairResponse, tags=["rerank"])
-async def rerank(body: RerankPairRequest, svc: RerankService = Depends(service)) -> RerankPairResponse:
-    """Score one (query, document) pair with the active model."""
-    return RerankPairResponse(score=await svc.score_pair(body.query, body.document))
+def timing(request: Request) -> Timing:
+    request.state.timing = Timing()  # read back by the timing-headers middleware
+    return request.state.timing
 
 
-@router.post("/switch_model", response_model=SwitchModelResponse, tags=["models"],
-             responses={400: {"model": ErrorResponse}})
+@router.post("/rerank", response_model=RerankPairResponse | RerankResponse, response_model_exclude_none=True,
+             tags=["rerank"])
+async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), clock: Timing = Depends(timing)):
+    """The seed's contract: one (query, document) pair -> {"score"}; the list form answers as /v1/rerank."""
+    if isinstance(body, RerankPairRequest):
+        return RerankPairResponse(score=await svc.score_pair(body.query, body.document, clock))
+    return await svc.rerank(body, clock)
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
+@router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
+async def rerank_documents(
+    body: RerankRequest, svc: RerankService = Depends(service), clock: Timing = Depends(timing)
+) -> RerankResponse:
+    """Cohere v2 / Jina rerank: one query, many documents, results sorted by relevance."""
+    return await svc.rerank(body, clock)
+
+
+@router.post("/v1/score", response_model=ScoreResponse, tags=["rerank"])
+async def score(body: ScoreRequest, svc: RerankService = Depends(service), clock: Timing = Depends(timing)):
+    """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, or queries/documents)."""
+    return await svc.score(body, clock)
+
+
+@router.post("/switch_model", response_model=SwitchModelResponse, tags=["models"])
 async def switch_model(body: SwitchModelRequest, svc: RerankService = Depends(service)) -> SwitchModelResponse:
-    """Load a model, make it active once READY, then unload the previous one."""
-    return await svc.switch_model(body.model_name)
+    """Load a model, make it active once READY, then unload the previous one (unless keep_loaded)."""
+    return await svc.switch_model(body.model_name, body.keep_loaded)
 
 
 @router.get("/models", response_model=ModelsResponse, tags=["models"])

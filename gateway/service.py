@@ -1,11 +1,44 @@
-"""The gateway's use cases, between the HTTP routes and Triton: scoring
-on a leased model, switching models, and reporting health."""
+"""The gateway's use cases, between the HTTP routes and Triton: reranking and
+pair scoring on a leased model (fanned out in chunks Triton can batch),
+switching models, and reporting health."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Sequence
+
+from gateway.errors import ErrorKind, GatewayError
 from gateway.model_manager import ModelManager
-from gateway.protocol import HealthResponse, ModelsResponse, SwitchModelResponse
-from gateway.triton import TritonBackend
+from gateway.protocol import (
+    HealthResponse,
+    ModelsResponse,
+    RerankMeta,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankResultDocument,
+    RerankUsage,
+    ScoreData,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreUsage,
+    SwitchModelResponse,
+)
+from gateway.triton import ModelInfo, ScoreOutputs, TritonBackend
+
+
+@dataclass
+class Timing:
+    """Where a request's time went, for the x-queue-time / x-inference-time headers."""
+
+    queue_s: float | None = None
+    inference_s: float | None = None
+
+    def record(self, outputs: ScoreOutputs) -> None:
+        self.inference_s = outputs.compute_s
+        self.queue_s = max(outputs.round_trip_s - outputs.compute_s, 0.0)
 
 
 class RerankService:
@@ -13,13 +46,82 @@ class RerankService:
         self.triton = triton
         self.models = models
 
-    async def score_pair(self, query: str, document: str) -> float:
+    async def score_pair(self, query: str, document: str, timing: Timing) -> float:
         async with self.models.lease() as model:
-            outputs = await self.triton.score(model, query, [document])
+            outputs = await self._score(model, [query], [document], timing=timing)
         return float(outputs.score[0])
 
-    async def switch_model(self, requested: str) -> SwitchModelResponse:
-        result = await self.models.switch(requested)
+    async def rerank(self, body: RerankRequest, timing: Timing) -> RerankResponse:
+        texts = body.texts()
+        warnings = []
+        async with self.models.lease(body.model) as model:
+            instruction = body.instruction if model.takes_instructions else None
+            if body.instruction is not None and instruction is None:
+                warnings.append(f"instruction ignored: {model.name} is not a Qwen3 reranker")
+            outputs = await self._score(
+                model, [body.query] * len(texts), texts, instruction, body.max_tokens_per_doc, timing
+            )
+        if not body.truncate:
+            _refuse_truncated(outputs, model, "documents")
+        order = sorted(range(len(texts)), key=lambda i: (-outputs.score[i], i))[: body.top_n]
+        raw = body.return_raw_scores or body.raw_scores
+        truncated = int(outputs.truncated.sum())
+        return RerankResponse(
+            id=uuid.uuid4().hex,
+            model=model.name,
+            results=[
+                RerankResult(
+                    index=i,
+                    relevance_score=float(outputs.score[i]),
+                    document=RerankResultDocument(text=texts[i]) if body.return_documents else None,
+                    raw_score=float(outputs.raw_score[i]) if raw else None,
+                )
+                for i in order
+            ],
+            usage=RerankUsage(total_tokens=int(outputs.num_tokens.sum()), truncated_documents=truncated),
+            meta=RerankMeta(truncated_documents=truncated, warnings=warnings),
+        )
+
+    async def score(self, body: ScoreRequest, timing: Timing) -> ScoreResponse:
+        async with self.models.lease(body.model) as model:
+            outputs = await self._score(model, body.queries, body.documents, timing=timing)
+        if not body.truncate:
+            _refuse_truncated(outputs, model, "text_2")
+        tokens = int(outputs.num_tokens.sum())
+        return ScoreResponse(
+            id=uuid.uuid4().hex,
+            model=model.name,
+            data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(outputs.score)],
+            usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    async def _score(
+        self,
+        model: ModelInfo,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        instruction: str | None = None,
+        max_document_tokens: int | None = None,
+        timing: Timing | None = None,
+    ) -> ScoreOutputs:
+        # Chunks of at most max_batch_size go out concurrently, so Triton's
+        # dynamic batcher can merge them with other clients' work.
+        size = model.max_batch_size
+        chunks = await asyncio.gather(
+            *(
+                self.triton.score(
+                    model.name, queries[i : i + size], documents[i : i + size], instruction, max_document_tokens
+                )
+                for i in range(0, len(documents), size)
+            )
+        )
+        outputs = ScoreOutputs.concatenate(chunks)
+        if timing is not None:
+            timing.record(outputs)
+        return outputs
+
+    async def switch_model(self, requested: str, keep_loaded: bool = False) -> SwitchModelResponse:
+        result = await self.models.switch(requested, keep_loaded)
         return SwitchModelResponse(
             message=f"Switched to model {requested}",
             model=result.model,
@@ -37,3 +139,15 @@ class RerankService:
         ready = live and active is not None and await self.triton.is_ready(active)
         status = "ok" if ready else ("degraded" if live else "unavailable")
         return HealthResponse(status=status, triton_live=live, active_model=active)
+
+
+def _refuse_truncated(outputs: ScoreOutputs, model: ModelInfo, field: str) -> None:
+    """`truncate: false`: a pair over the model's limit is an error naming it and its length."""
+    if outputs.truncated.any():
+        index = int(outputs.truncated.argmax())
+        raise GatewayError(
+            ErrorKind.INPUT_TOO_LONG,
+            f"{field}[{index}] with the query is {int(outputs.input_tokens[index])} tokens, over the "
+            f"{model.max_length}-token limit of {model.name}; shorten it or send truncate: true",
+            field=f"{field}[{index}]",
+        )

@@ -3,6 +3,7 @@ gRPC, with Triton's failures translated into `GatewayError`s."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -13,7 +14,14 @@ from tritonclient.grpc.aio import InferenceServerClient
 from gateway.errors import ErrorKind, GatewayError
 from rerank_engine import contract
 
-_OUTPUTS = (contract.OUTPUT_SCORE, contract.OUTPUT_RAW_SCORE, contract.OUTPUT_NUM_TOKENS, contract.OUTPUT_TRUNCATED)
+_OUTPUTS = (
+    contract.OUTPUT_SCORE,
+    contract.OUTPUT_RAW_SCORE,
+    contract.OUTPUT_NUM_TOKENS,
+    contract.OUTPUT_INPUT_TOKENS,
+    contract.OUTPUT_TRUNCATED,
+    contract.OUTPUT_COMPUTE_US,
+)
 
 # gRPC status -> what it means for the caller.
 _GRPC_KINDS = {
@@ -33,11 +41,37 @@ class ModelState:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What the gateway needs to know of a loaded model, read from its config."""
+
+    name: str
+    max_batch_size: int
+    scorer: str
+    max_length: int
+
+    @property
+    def takes_instructions(self) -> bool:
+        return self.scorer == contract.SCORER_QWEN3
+
+
+@dataclass(frozen=True)
 class ScoreOutputs:
     score: np.ndarray
     raw_score: np.ndarray
     num_tokens: np.ndarray
+    input_tokens: np.ndarray
     truncated: np.ndarray
+    compute_s: float  # engine time of the batch this request rode in
+    round_trip_s: float  # gateway -> Triton -> gateway
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["ScoreOutputs"]) -> "ScoreOutputs":
+        """Chunks scored concurrently, back in request order; times of the slowest chunk."""
+        arrays = [np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAY_FIELDS]
+        return cls(*arrays, max(p.compute_s for p in parts), max(p.round_trip_s for p in parts))
+
+
+_ARRAY_FIELDS = ("score", "raw_score", "num_tokens", "input_tokens", "truncated")
 
 
 def _translate(exc: InferenceServerException, doing: str) -> GatewayError:
@@ -93,27 +127,50 @@ class TritonBackend:
         except InferenceServerException as exc:
             raise _translate(exc, f"unloading model {model}") from None
 
-    async def score(self, model: str, query: str, documents: Sequence[str], instruction: str | None = None) -> ScoreOutputs:
-        """Score one query against documents in one Triton request.
+    async def model_info(self, model: str) -> ModelInfo:
+        try:
+            config = (await self._client.get_model_config(model, as_json=True, client_timeout=10.0))["config"]
+        except InferenceServerException as exc:
+            raise _translate(exc, f"reading the config of {model}") from None
+        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        return ModelInfo(
+            name=model,
+            max_batch_size=int(config.get("max_batch_size") or 1),
+            scorer=params.get(contract.PARAM_SCORER, ""),
+            max_length=int(params.get(contract.PARAM_MAX_LENGTH) or 0),
+        )
 
-        Triton checks that every input has the same batch size, so the query
-        (and instruction) is repeated per row; the engine tokenizes it once.
+    async def score(
+        self,
+        model: str,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        instruction: str | None = None,
+        max_document_tokens: int | None = None,
+    ) -> ScoreOutputs:
+        """Score rows of (query, document) in one Triton request.
+
+        Triton checks that every input has the same batch size, so a shared
+        query (and instruction) is repeated per row; the engine tokenizes it once.
         """
-        rows = len(documents)
-        inputs = [_strings(contract.INPUT_QUERY, [query] * rows), _strings(contract.INPUT_DOCUMENT, documents)]
+        inputs = [_strings(contract.INPUT_QUERY, queries), _strings(contract.INPUT_DOCUMENT, documents)]
         if instruction is not None:
-            inputs.append(_strings(contract.INPUT_INSTRUCTION, [instruction] * rows))
+            inputs.append(_strings(contract.INPUT_INSTRUCTION, [instruction] * len(documents)))
+        parameters = {contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS: max_document_tokens} if max_document_tokens else None
+        started = time.perf_counter()
         try:
             result = await self._client.infer(
                 model,
                 inputs,
                 outputs=[InferRequestedOutput(name) for name in _OUTPUTS],
                 client_timeout=self.request_timeout_s,
+                parameters=parameters,
             )
         except InferenceServerException as exc:
             raise _translate(exc, f"scoring with {model}") from None
-        score, raw, tokens, truncated = (result.as_numpy(name).reshape(-1) for name in _OUTPUTS)
-        return ScoreOutputs(score, raw, tokens, truncated)
+        round_trip = time.perf_counter() - started
+        *arrays, compute_us = (result.as_numpy(name).reshape(-1) for name in _OUTPUTS)
+        return ScoreOutputs(*arrays, compute_s=float(compute_us[0]) / 1e6, round_trip_s=round_trip)
 
 
 def _strings(name: str, values: Sequence[str]) -> InferInput:

@@ -4,6 +4,8 @@
   reranker triton    Triton alone, on the model repository
   reranker gateway   the gateway alone, in front of a running Triton
   reranker weights   put a model's weights into the models folder
+  reranker rerank    rerank a file of documents against a query, through a running gateway
+  reranker eval      nDCG@10 / MRR@10 of a running gateway on a labelled JSONL file
 
 Every flag has an environment variable (shown in --help); flags win.
 """
@@ -61,18 +63,31 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("name", help="bge, qwen4b, qwen8b, minilm, or a Triton model name")
     weights.add_argument("--source", choices=("huggingface", "modelscope"), default="huggingface")
     _flag(weights, TritonSettings, "models_dir", "--models-dir", type=Path)
+    rerank = modes.add_parser("rerank", help="rerank documents (one per line) against a query")
+    rerank.add_argument("--query", required=True)
+    rerank.add_argument("--documents-file", type=Path, required=True, help="one document per line")
+    rerank.add_argument("--top-n", type=int)
+    evaluate = modes.add_parser("eval", help="ranking quality of the running service on labelled data")
+    evaluate.add_argument("--data", type=Path, required=True, help="JSONL of {query, documents, labels}")
+    for client_mode in (rerank, evaluate):
+        client_mode.add_argument("--url", default="http://localhost:8000", help="the gateway")
+        client_mode.add_argument("--model", dest="model", help="a loaded model; default: the active one")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The client modes print JSON on stdout; only the servers narrate what they do.
+    level = logging.WARNING if args.mode in ("rerank", "eval") else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.mode == "weights":
         from launcher.weights import fetch_weights
 
         folder = fetch_weights(args.name, TritonSettings(**_given(args, TritonSettings)).models_dir, args.source)
         print(folder)
         return 0
+    if args.mode in ("rerank", "eval"):
+        return _client_mode(args)
     if args.mode == "gateway":
         return _run_gateway(GatewaySettings(**_given(args, GatewaySettings)))
     triton = TritonSettings(**_given(args, TritonSettings))
@@ -81,6 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         os.execve(command[0], command, env)  # tritonserver takes over this process and its signals
     gateway = GatewaySettings(**_given(args, GatewaySettings), triton_url=f"127.0.0.1:{triton.triton_grpc_port}")
     return _serve(triton, gateway)
+
+
+def _client_mode(args: argparse.Namespace) -> int:
+    import json
+
+    from client import RerankerClient
+    from client.evaluation import evaluate
+
+    with RerankerClient(args.url, timeout=600) as client:
+        if args.mode == "eval":
+            result = evaluate(client, args.data, model=args.model).as_dict()
+        else:
+            documents = [line for line in args.documents_file.read_text(encoding="utf-8").splitlines() if line]
+            result = client.rerank_documents(
+                args.query, documents, model=args.model, top_n=args.top_n, return_documents=True
+            )
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0
 
 
 def _triton_invocation(settings: TritonSettings) -> tuple[list[str], dict[str, str]]:

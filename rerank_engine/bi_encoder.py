@@ -25,16 +25,20 @@ class BiEncoderScorer(Scorer):
         self.template = SpecialTokenTemplate.from_tokenizer(self.tokenizer, pair=False)
 
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
-        row_of = {text: i for i, text in enumerate(dict.fromkeys(t for p in pairs for t in (p.query, p.document)))}
-        texts = list(row_of)
+        # One row per distinct (text, cap): a query has no cap, a document may have the request's.
+        keys = [((p.query, None), (p.document, p.max_document_tokens)) for p in pairs]
+        row_of = {key: i for i, key in enumerate(dict.fromkeys(k for pair_keys in keys for k in pair_keys))}
         budget = self.max_length - self.template.num_special
-        raw = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-        sequences = [self.template.build(ids[:budget]) for ids in raw]
-        cut = np.array([len(ids) > budget for ids in raw], bool)
-        rows = np.array([(row_of[p.query], row_of[p.document]) for p in pairs]).reshape(-1, 2)
+        raw = [e.ids for e in self.tokenizer.encode_batch([text for text, _ in row_of], add_special_tokens=False)]
+        sequences = [
+            self.template.build(ids[: budget if cap is None else min(budget, cap)]) for ids, (_, cap) in zip(raw, row_of)
+        ]
+        rows = np.array([(row_of[q], row_of[d]) for q, d in keys]).reshape(-1, 2)
         lengths = np.array([len(s) for s in sequences], np.int32)
+        full = np.array([len(ids) + self.template.num_special for ids in raw], np.int32)
         q, d = rows[:, 0], rows[:, 1]
-        return Encoded(sequences, lengths[q] + lengths[d], cut[q] | cut[d], rows=rows)
+        num_tokens, input_tokens = lengths[q] + lengths[d], full[q] + full[d]
+        return Encoded(sequences, num_tokens, input_tokens, input_tokens > num_tokens, rows=rows)
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

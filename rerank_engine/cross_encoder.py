@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from rerank_engine.scoring import Encoded, Pair, Scorer
@@ -28,13 +27,13 @@ class CrossEncoderScorer(Scorer):
         query_ids = dict(zip(queries, (e.ids for e in self.tokenizer.encode_batch(queries, add_special_tokens=False))))
         doc_ids = [e.ids for e in self.tokenizer.encode_batch([p.document for p in pairs], add_special_tokens=False)]
         budget = self.max_length - self.template.num_special
-        sequences, truncated = [], np.zeros(len(pairs), bool)
-        for i, (pair, doc) in enumerate(zip(pairs, doc_ids)):
-            query = query_ids[pair.query]
-            keep_q, keep_d = longest_first_lengths(len(query), len(doc), budget)
-            truncated[i] = keep_q < len(query) or keep_d < len(doc)
-            sequences.append(self.template.build(query[:keep_q], doc[:keep_d]))
-        return Encoded(sequences, np.fromiter(map(len, sequences), np.int32, len(sequences)), truncated)
+        sequences, uncut = [], []
+        for pair, doc in zip(pairs, doc_ids):
+            query, document = query_ids[pair.query], self.capped(doc, pair)
+            keep_q, keep_d = longest_first_lengths(len(query), len(document), budget)
+            sequences.append(self.template.build(query[:keep_q], document[:keep_d]))
+            uncut.append(len(query) + len(doc) + self.template.num_special)
+        return Encoded(sequences, *self.counts(sequences, uncut))
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]

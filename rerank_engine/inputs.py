@@ -7,6 +7,8 @@ Triton model turns into an INVALID_ARG error for that request alone.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from rerank_engine import contract
@@ -27,7 +29,24 @@ def _texts(name: str, tensor: np.ndarray) -> list[str]:
     return texts
 
 
-def decode_pairs(query: np.ndarray | None, document: np.ndarray | None, instruction: np.ndarray | None) -> list[Pair]:
+def document_cap(parameters: str | dict | None) -> int | None:
+    """The request's `max_document_tokens` parameter (Triton passes parameters as JSON)."""
+    if isinstance(parameters, str):
+        parameters = json.loads(parameters or "{}")
+    value = (parameters or {}).get(contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"parameter '{contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS}' must be a positive integer")
+    return value
+
+
+def decode_pairs(
+    query: np.ndarray | None,
+    document: np.ndarray | None,
+    instruction: np.ndarray | None,
+    max_document_tokens: int | None = None,
+) -> list[Pair]:
     """Rows of query/document (and optional instruction) to pairs, row by row.
 
     Triton already checks that the inputs share the batch size; the check here
@@ -43,6 +62,6 @@ def decode_pairs(query: np.ndarray | None, document: np.ndarray | None, instruct
         if values is not None and len(values) != len(documents):
             raise InvalidRequest(f"input '{name}' has {len(values)} rows; expected {len(documents)}, one per document")
     return [
-        Pair(query, document, (instructions[i] or None) if instructions else None)
+        Pair(query, document, (instructions[i] or None) if instructions else None, max_document_tokens)
         for i, (query, document) in enumerate(zip(queries, documents))
     ]

@@ -52,17 +52,18 @@ class Qwen3RerankerScorer(Scorer):
         for key, enc in zip(heads, self.tokenizer.encode_batch(head_texts, add_special_tokens=False)):
             heads[key] = enc.ids
         docs = self.tokenizer.encode_batch([" " + p.document for p in pairs], add_special_tokens=False)
-        sequences, truncated = [], np.zeros(len(pairs), bool)
-        for i, (pair, doc) in enumerate(zip(pairs, docs)):
+        template = len(self.prefix) + len(self.suffix)
+        sequences, uncut = [], []
+        for pair, doc in zip(pairs, docs):
             key = (pair.instruction or DEFAULT_INSTRUCTION, pair.query)
-            head, doc_ids = heads[key], doc.ids
+            head, doc_ids = heads[key], self.capped(doc.ids, pair)
+            uncut.append(template + len(head) + len(doc.ids))
             if len(head) + len(doc_ids) > budget:
-                truncated[i] = True
                 if len(head) > budget:
                     head = self._truncated_head(*key, budget)
                 doc_ids = doc_ids[: budget - len(head)]
             sequences.append(self.prefix + head + doc_ids + self.suffix)
-        return Encoded(sequences, np.fromiter(map(len, sequences), np.int32, len(sequences)), truncated)
+        return Encoded(sequences, *self.counts(sequences, uncut))
 
     def _truncated_head(self, instruction: str, query: str, budget: int) -> list[int]:
         """A head whose query is cut so the head alone fills the body budget."""

@@ -21,6 +21,7 @@ class Pair(NamedTuple):
     query: str
     document: str
     instruction: str | None = None
+    max_document_tokens: int | None = None  # a caller's own cap on the document, before the model's limit
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Encoded:
 
     sequences: list[list[int]]
     num_tokens: np.ndarray  # int32, per pair, after truncation
+    input_tokens: np.ndarray  # int32, per pair, before truncation
     truncated: np.ndarray  # bool, per pair
     rows: np.ndarray | None = None  # per pair, the sequences it scores from (None: sequence i is pair i)
 
@@ -38,6 +40,7 @@ class Scores:
     score: np.ndarray  # float32, per pair
     raw_score: np.ndarray  # float32, per pair
     num_tokens: np.ndarray  # int32, per pair
+    input_tokens: np.ndarray  # int32, per pair
     truncated: np.ndarray  # bool, per pair
 
 
@@ -61,8 +64,8 @@ class Scorer(ABC):
 
     def score(self, pairs: Sequence[Pair]) -> Scores:
         if not pairs:
-            empty = np.zeros(0, np.float32)
-            return Scores(empty, empty, np.zeros(0, np.int32), np.zeros(0, bool))
+            empty, none = np.zeros(0, np.float32), np.zeros(0, np.int32)
+            return Scores(empty, empty, none, none, np.zeros(0, bool))
         encoded = self.encode(pairs)
         outputs = self.run(encoded.sequences)
         score, raw = self.finalize(encoded, outputs)
@@ -70,12 +73,24 @@ class Scorer(ABC):
             score=score.astype(np.float32, copy=False),
             raw_score=raw.astype(np.float32, copy=False),
             num_tokens=encoded.num_tokens,
+            input_tokens=encoded.input_tokens,
             truncated=encoded.truncated,
         )
 
     @abstractmethod
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
         """Tokenize and truncate; every sequence must fit `max_length`."""
+
+    @staticmethod
+    def capped(document: list[int], pair: Pair) -> list[int]:
+        """The document ids under the pair's own cap, if it has one."""
+        return document if pair.max_document_tokens is None else document[: pair.max_document_tokens]
+
+    @staticmethod
+    def counts(sequences: list[list[int]], uncut: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        num_tokens = np.fromiter(map(len, sequences), np.int32, len(sequences))
+        input_tokens = np.array(uncut, np.int32)
+        return num_tokens, input_tokens, input_tokens > num_tokens
 
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

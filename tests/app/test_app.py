@@ -90,8 +90,11 @@ async def test_models_and_health(api):
 
 async def test_openapi_documents_every_route_with_examples(api):
     spec = (await api.get("/openapi.json")).json()
-    assert {"/rerank", "/switch_model", "/models", "/health", "/health/ready"} <= set(spec["paths"])
+    assert {"/rerank", "/switch_model", "/models", "/health", "/health/ready", "/v1/rerank", "/v2/rerank",
+            "/v1/score"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
+    assert schemas["RerankRequest"]["examples"][0]["documents"]
+    assert schemas["ScoreRequest"]["examples"][0]["text_2"]
     assert schemas["RerankPairRequest"]["examples"][0]["query"]
     assert schemas["SwitchModelRequest"]["examples"] == [{"model_name": "bge"}]
 

@@ -109,3 +109,16 @@ def test_ranking_metrics_on_a_worked_example():
     assert ndcg_at_k([0, 2, 1]) == pytest.approx(expected)
     assert ndcg_at_k([2, 1, 0]) == 1.0 and ndcg_at_k([0, 0]) == 0.0
     assert mrr_at_k([0, 0, 1]) == pytest.approx(1 / 3) and mrr_at_k([0] * 10 + [1]) == 0.0
+
+
+def test_rerank_command(gateway, tmp_path):
+    documents = tmp_path / "documents.txt"
+    documents.write_text("\n".join(DOCUMENTS) + "\n", encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "rerank", "--query", QUERY, "--documents-file", str(documents),
+         "--top-n", "2", "--url", gateway.url()],
+        capture_output=True, text=True, check=True, cwd=stack.REPO_ROOT,
+    ).stdout
+    results = json.loads(out)["results"]
+    assert len(results) == 2 and results[0]["relevance_score"] >= results[1]["relevance_score"]
+    assert [r["document"]["text"] for r in results] == [DOCUMENTS[r["index"]] for r in results]

@@ -71,7 +71,9 @@ class RerankRequest(BaseModel):
         None, ge=1, description="Cut every document to this many tokens before scoring (Cohere v2)."
     )
     instruction: str | None = Field(
-        None, description="Task instruction for Qwen3 rerankers; ignored, with a warning in meta, by the others."
+        None,
+        max_length=4096,  # well inside Qwen3's 8192-token prompt, so the query and document keep room
+        description="Task instruction for Qwen3 rerankers; ignored, with a warning in meta, by the others.",
     )
     truncate: bool = Field(
         True, description="Cut pairs longer than the model's limit (reported in meta); false: refuse them with 400."

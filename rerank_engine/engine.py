@@ -42,7 +42,7 @@ class EngineConfig:
 
         def positive_int(key: str, default: int) -> int:
             raw = params.get(key) or str(default)
-            if not raw.isdigit() or int(raw) <= 0:
+            if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
                 raise ValueError(f"config.pbtxt parameter '{key}' must be a positive integer, got {raw!r}")
             return int(raw)
 
@@ -80,6 +80,13 @@ def resolve_device(instance_kind: str, device_id: int | str = 0) -> torch.device
     return torch.device("cpu")
 
 
+def position_limit(model_config) -> int:
+    """Longest sequence the model's position embeddings cover; RoBERTa-style
+    models start counting after the padding index."""
+    offset = model_config.pad_token_id + 1 if model_config.model_type in ("xlm-roberta", "roberta") else 0
+    return model_config.max_position_embeddings - offset
+
+
 def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -97,6 +104,8 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
     dtype = config.torch_dtype(device)
     log.info("loading %s from %s as %s on %s", config.scorer, folder, dtype, device)
     model = auto_model.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    if config.max_length > (limit := position_limit(model.config)):
+        raise ValueError(f"max_length {config.max_length} is over the {limit} positions {folder.name} was trained for")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     scorer = scorer_cls(
         model,

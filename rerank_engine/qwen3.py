@@ -68,8 +68,9 @@ class Qwen3RerankerScorer(Scorer):
     def _truncated_head(self, instruction: str, query: str, budget: int) -> list[int]:
         """A head whose query is cut so the head alone fills the body budget."""
         before, after = format_body(instruction, "\0", "")[:-1].split("\0")
+        # Split before the space, as for documents: " Paris" is one token in the whole prompt.
         before_ids, query_ids, after_ids = (
-            e.ids for e in self.tokenizer.encode_batch([before, query, after], add_special_tokens=False)
+            e.ids for e in self.tokenizer.encode_batch([before[:-1], " " + query, after], add_special_tokens=False)
         )
         keep = max(budget - len(before_ids) - len(after_ids), 0)
         head = before_ids + query_ids[:keep] + after_ids

@@ -76,6 +76,8 @@ async def test_ties_keep_document_order(api):
         ({"query": QUERY, "documents": ["a"], "top_n": -2}, "top_n"),
         ({"query": QUERY, "documents": [3]}, "documents.0"),
         ({"query": QUERY, "documents": ["a"], "max_tokens_per_doc": 0}, "max_tokens_per_doc"),
+        ({"query": QUERY, "documents": ["a"], "instruction": "x" * 4097}, "instruction"),
+        ({"query": QUERY, "documents": ["a"], "truncate": False, "max_tokens_per_doc": 9}, "body"),
     ],
 )
 async def test_bad_rerank_requests_name_the_field(api, body, field):

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from gateway.errors import install_error_handlers
+from gateway.guards import RequestGuards
 from gateway.model_manager import ModelManager
 from gateway.routes import router
 from gateway.service import RerankService
@@ -25,7 +26,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         triton = TritonBackend(settings.triton_url, settings.request_timeout_s, settings.model_load_timeout_s)
         models = ModelManager(triton, settings)
-        app.state.service = RerankService(triton, models)
+        app.state.service = RerankService(triton, models, settings)
         await models.start()
         try:
             yield
@@ -41,6 +42,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(router)
     install_error_handlers(app)
+    app.add_middleware(RequestGuards, max_request_bytes=settings.max_request_bytes)
 
     @app.middleware("http")
     async def timing_headers(request: Request, call_next):

@@ -11,6 +11,7 @@ from enum import Enum
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from gateway.protocol import UNION_TAGS
 
@@ -71,7 +72,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        if first.get("type") == "json_invalid":  # loc holds a character offset, not a field
+            message = f"body: invalid JSON at character {first['loc'][-1]} ({first.get('ctx', {}).get('error', '')})"
+            return JSONResponse(error_body(ErrorKind.INVALID_REQUEST, message, "body"), status_code=422)
         location = [str(part) for part in first.get("loc", ()) if part != "body" and part not in UNION_TAGS]
         field = ".".join(location) or "body"
         message = f"{field}: {first.get('msg', 'invalid value')}"
         return JSONResponse(error_body(ErrorKind.INVALID_REQUEST, message, field), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own refusals (unparsable body, unknown path, wrong method) in the same shape.
+        field = "body" if exc.status_code in (400, 413, 415) else None
+        body = error_body(ErrorKind.INVALID_REQUEST, str(exc.detail), field)
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

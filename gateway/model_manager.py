@@ -111,12 +111,13 @@ class ModelManager:
         target = await self.resolve(requested)
         async with self._switch_lock:
             previous = self.active
-            started = time.perf_counter()
+            load_time = 0.0  # already loaded: nothing to wait for
             if not await self.triton.is_ready(target):
+                started = time.perf_counter()
                 await self.triton.load(target)
+                load_time = time.perf_counter() - started
                 if not await self.triton.is_ready(target):
                     raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
-            load_time = time.perf_counter() - started
             self.loaded[target] = await self.triton.model_info(target)
             self.active = target
             if previous and previous != target and not keep_loaded:

@@ -5,7 +5,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+import re
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(value: str) -> str:
+    # JSON may carry "\ud800" alone; it cannot be encoded to UTF-8 for the model, so it becomes U+FFFD.
+    return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+Text = Annotated[str, AfterValidator(_clean)]
+"""Every text field: a JSON string with lone surrogates replaced by U+FFFD (NUL bytes pass unchanged)."""
 
 
 def _has_text(value: str) -> str:
@@ -22,8 +45,8 @@ class RerankPairRequest(BaseModel):
         json_schema_extra={"examples": [{"query": "今天天气如何？", "document": "今天晴天适合外出游玩"}]},
     )
 
-    query: str = Field(description="The search query.")
-    document: str = Field(description="One candidate document.")
+    query: Text = Field(description="The search query.")
+    document: Text = Field(description="One candidate document.")
 
     _query_has_text = field_validator("query")(_has_text)
 
@@ -37,7 +60,7 @@ class RerankDocument(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    text: str
+    text: Text
 
 
 class RerankRequest(BaseModel):
@@ -59,8 +82,8 @@ class RerankRequest(BaseModel):
     )
 
     model: str | None = Field(None, description="Alias or Triton name of a loaded model; default: the active one.")
-    query: str = Field(description="The search query.")
-    documents: list[str | RerankDocument] = Field(
+    query: Text = Field(description="The search query.")
+    documents: list[Text | RerankDocument] = Field(
         min_length=1, description="Candidate documents, as strings or {\"text\": ...} objects."
     )
     top_n: int | None = Field(
@@ -70,7 +93,7 @@ class RerankRequest(BaseModel):
     max_tokens_per_doc: int | None = Field(
         None, ge=1, description="Cut every document to this many tokens before scoring (Cohere v2)."
     )
-    instruction: str | None = Field(
+    instruction: Text | None = Field(
         None,
         max_length=4096,  # well inside Qwen3's 8192-token prompt, so the query and document keep room
         description="Task instruction for Qwen3 rerankers; ignored, with a warning in meta, by the others.",
@@ -146,10 +169,10 @@ class ScoreRequest(BaseModel):
     )
 
     model: str | None = Field(None, description="Alias or Triton name of a loaded model; default: the active one.")
-    text_1: str | list[str] | None = Field(None, description="Query, or one query per pair.")
-    text_2: str | list[str] | None = Field(None, description="Document, or one document per pair.")
-    queries: list[str] | None = Field(None, description="One query per pair (with `documents`).")
-    documents: list[str] | None = Field(None, description="One document per pair (with `queries`).")
+    text_1: Text | list[Text] | None = Field(None, description="Query, or one query per pair.")
+    text_2: Text | list[Text] | None = Field(None, description="Document, or one document per pair.")
+    queries: list[Text] | None = Field(None, description="One query per pair (with `documents`).")
+    documents: list[Text] | None = Field(None, description="One document per pair (with `queries`).")
     truncate: bool = Field(True, description="As in /v1/rerank.")
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from gateway.protocol import (
     ScoreUsage,
     SwitchModelResponse,
 )
+from gateway.settings import GatewaySettings
 from gateway.triton import ModelInfo, ScoreOutputs, TritonBackend
 
 
@@ -42,9 +43,10 @@ class Timing:
 
 
 class RerankService:
-    def __init__(self, triton: TritonBackend, models: ModelManager) -> None:
+    def __init__(self, triton: TritonBackend, models: ModelManager, settings: GatewaySettings) -> None:
         self.triton = triton
         self.models = models
+        self.max_documents = settings.max_documents_per_request
 
     async def score_pair(self, query: str, document: str, timing: Timing) -> float:
         async with self.models.lease() as model:
@@ -53,6 +55,7 @@ class RerankService:
 
     async def rerank(self, body: RerankRequest, timing: Timing) -> RerankResponse:
         texts = body.texts()
+        self._check_count(len(texts), "documents")
         warnings = []
         async with self.models.lease(body.model) as model:
             instruction = body.instruction if model.takes_instructions else None
@@ -83,6 +86,7 @@ class RerankService:
         )
 
     async def score(self, body: ScoreRequest, timing: Timing) -> ScoreResponse:
+        self._check_count(len(body.documents), "documents")
         async with self.models.lease(body.model) as model:
             outputs = await self._score(model, body.queries, body.documents, timing=timing)
         if not body.truncate:
@@ -94,6 +98,15 @@ class RerankService:
             data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(outputs.score)],
             usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
         )
+
+    def _check_count(self, count: int, field: str) -> None:
+        if count > self.max_documents:
+            raise GatewayError(
+                ErrorKind.INVALID_REQUEST,
+                f"{field}: {count} items, over the limit of {self.max_documents} per request "
+                "(RERANKER_MAX_DOCUMENTS_PER_REQUEST)",
+                field=field,
+            )
 
     async def _score(
         self,

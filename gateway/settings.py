@@ -35,6 +35,12 @@ class GatewaySettings(BaseSettings):
     drain_timeout_s: float = Field(
         120.0, ge=0, description="How long a switch waits for the old model's requests before unloading it."
     )
+    max_documents_per_request: int = Field(
+        1000, ge=1, description="Most documents (or pairs) one request may carry, as Cohere allows."
+    )
+    max_request_bytes: int = Field(
+        64 * 2**20, ge=1024, description="Largest request body; leaves room for a 10 MB document, which is truncated."
+    )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
 
     @field_validator("triton_url")

@@ -116,3 +116,64 @@ def test_gateway_and_client_never_import_torch():
     code = "import sys, gateway.app, client, launcher.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.fixture
+async def strict_api():
+    """A gateway with small limits and no Triton: the guards answer before any model is needed."""
+    (port,) = stack.free_ports(1)
+    settings = GatewaySettings(triton_url=f"127.0.0.1:{port}", triton_startup_timeout_s=0, max_request_bytes=4096,
+                               max_documents_per_request=3)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            yield client
+
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "message"),
+    [
+        (b'{"query": "q\xff", "document": "d"}', JSON, 400, "error parsing the body"),
+        (b'{"query": ', JSON, 422, "body: invalid JSON at character"),
+        (b'{"query": "q", "document": "d"}', {"content-type": "text/plain"}, 415, "content-type must be application/json"),
+        (b'{"query": "q", "document": "d"}', {}, 415, "content-type must be application/json"),
+        (b'{"query": "q", "document": "' + b"x" * 5000 + b'"}', JSON, 413, "over the 4096-byte limit"),
+    ],
+)
+async def test_unreadable_bodies_get_4xx_in_the_error_shape(strict_api, content, headers, status, message):
+    response = await strict_api.post("/rerank", content=content, headers=headers)
+    assert response.status_code == status
+    assert message in response.json()["error"] and response.json()["field"] == "body"
+
+
+async def test_a_chunked_body_over_the_limit_is_refused(strict_api):
+    async def chunks():
+        yield b'{"query": "q", "document": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = await strict_api.post("/rerank", content=chunks(), headers=JSON)
+    assert response.status_code == 413 and "4096-byte limit" in response.json()["error"]
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/rerank", {"query": "q", "documents": ["a", "b", "c", "d"]}),
+    ("/v1/score", {"text_1": "q", "text_2": ["a", "b", "c", "d"]}),
+])
+async def test_too_many_documents_name_the_limit(strict_api, path, body):
+    response = await strict_api.post(path, json=body)
+    assert response.status_code == 422
+    assert response.json()["field"] == "documents" and "4 items, over the limit of 3" in response.json()["error"]
+
+
+async def test_lone_surrogates_are_cleaned_and_nul_bytes_scored(api):
+    lone = await api.post("/rerank", content=b'{"query": "pandas \\ud800", "document": "bamboo \\udfff"}', headers=JSON)
+    cleaned = await api.post("/rerank", json={"query": "pandas \ufffd", "document": "bamboo \ufffd"})
+    assert lone.status_code == 200 and lone.json() == cleaned.json()
+    for text in ("nul\x00byte", "emoji 🐼🎋 and 中文, العربية, हिन्दी, ไทย"):
+        response = await api.post("/v1/rerank", json={"query": text, "documents": [text, "other"]})
+        assert response.status_code == 200 and response.json()["results"][0]["index"] == 0

@@ -172,3 +172,12 @@ async def test_timing_headers(api):
     total, queue, inference = (float(response.headers[h]) for h in ("x-total-time", "x-queue-time", "x-inference-time"))
     assert 0 < inference <= total and 0 <= queue <= total
     assert "x-total-time" in (await api.get("/health")).headers
+
+
+async def test_a_10_mb_document_is_truncated_and_scored(api):
+    huge = "pandas eat bamboo all day long. " * (10 * 2**20 // 32)
+    body = (await api.post("/v1/rerank", json={"query": QUERY, "documents": [huge, DOCUMENTS[1]]})).json()
+    assert len(huge) >= 10 * 2**20
+    assert body["usage"]["truncated_documents"] == 1 and body["results"][0]["index"] == 0
+    refused = await api.post("/v1/rerank", json={"query": QUERY, "documents": [huge], "truncate": False})
+    assert refused.status_code == 400 and refused.json()["field"] == "documents[0]"

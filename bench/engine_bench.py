@@ -63,8 +63,12 @@ def bench(folder: Path, kind: str, max_length: int, requests: list[list[Pair]], 
     elapsed = time.perf_counter() - started
     pairs_total = sum(len(p) for p in requests)
     result = {
-        "model": folder.name, "weights": "random (real architecture and size)", "dtype": str(config.torch_dtype(device)),
-        "load_s": round(load_s, 1), "pairs_per_s": round(pairs_total / elapsed, 1), "tokens_per_s": round(tokens / elapsed),
+        "model": folder.name,
+        "weights": "random (real architecture and size)",
+        "dtype": str(config.torch_dtype(device)),
+        "load_s": round(load_s, 1),
+        "pairs_per_s": round(pairs_total / elapsed, 1),
+        "tokens_per_s": round(tokens / elapsed),
         "ms_per_request": round(1000 * elapsed / len(requests), 1), "docs_per_request": len(requests[0]),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20),
     }

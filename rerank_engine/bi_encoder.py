@@ -31,7 +31,8 @@ class BiEncoderScorer(Scorer):
         budget = self.max_length - self.template.num_special
         raw = [e.ids for e in self.tokenizer.encode_batch([text for text, _ in row_of], add_special_tokens=False)]
         sequences = [
-            self.template.build(ids[: budget if cap is None else min(budget, cap)]) for ids, (_, cap) in zip(raw, row_of)
+            self.template.build(ids[: budget if cap is None else min(budget, cap)])
+            for ids, (_, cap) in zip(raw, row_of)
         ]
         rows = np.array([(row_of[q], row_of[d]) for q, d in keys]).reshape(-1, 2)
         lengths = np.array([len(s) for s in sequences], np.int32)

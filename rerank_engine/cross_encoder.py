@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from rerank_engine.scoring import Encoded, Pair, Scorer

@@ -25,7 +25,8 @@ def _texts(name: str, tensor: np.ndarray) -> list[str]:
         try:
             texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
         except UnicodeDecodeError as exc:
-            raise InvalidRequest(f"input '{name}' row {row} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            reason = f"{exc.reason} at byte {exc.start}"
+            raise InvalidRequest(f"input '{name}' row {row} is not valid UTF-8 ({reason})") from None
     return texts
 
 

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.process import stop, wait_until_live
+from launcher.process import stop, wait_until_live  # noqa: F401 (stop: the tests stop processes through here)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RERANKER = [sys.executable, "-m", "launcher.cli"]

@@ -6,24 +6,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import httpx
 import pytest
 
-from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from rerank_engine.scoring import Pair
 from tests import stack
+from tests.app.conftest import in_process
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def api(triton):
-    app = create_app(GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm"))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=120) as client:
-            yield client
 
 
 async def test_rerank_scores_like_the_engine(api, repository, models_dir):
@@ -101,15 +93,12 @@ async def test_openapi_documents_every_route_with_examples(api):
 
 async def test_gateway_without_triton_starts_and_reports_unavailable():
     (port,) = stack.free_ports(1)
-    settings = GatewaySettings(triton_url=f"127.0.0.1:{port}", triton_startup_timeout_s=0)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            health = await client.get("/health")
-            assert health.status_code == 200 and health.json()["status"] == "unavailable"
-            assert (await client.get("/health/ready")).status_code == 503
-            response = await client.post("/rerank", json={"query": "q", "document": "d"})
-            assert response.status_code == 503 and response.json()["error_type"] == "no_active_model"
+    async with in_process(GatewaySettings(triton_url=f"127.0.0.1:{port}", triton_startup_timeout_s=0)) as client:
+        health = await client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "unavailable"
+        assert (await client.get("/health/ready")).status_code == 503
+        response = await client.post("/rerank", json={"query": "q", "document": "d"})
+        assert response.status_code == 503 and response.json()["error_type"] == "no_active_model"
 
 
 def test_gateway_and_client_never_import_torch():
@@ -124,10 +113,8 @@ async def strict_api():
     (port,) = stack.free_ports(1)
     settings = GatewaySettings(triton_url=f"127.0.0.1:{port}", triton_startup_timeout_s=0, max_request_bytes=4096,
                                max_documents_per_request=3)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            yield client
+    async with in_process(settings) as client:
+        yield client
 
 
 JSON = {"content-type": "application/json"}

@@ -4,11 +4,8 @@ per-request models, instructions, truncation, fan-out and timing headers."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from rerank_engine.scoring import Pair
 from tests import stack
 
@@ -25,13 +22,6 @@ DOCUMENTS = [
 LONG = "Paris is the capital and most populous city of France, on the Seine. " * 60
 
 
-@pytest.fixture
-async def api(triton):
-    app = create_app(GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm"))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=300) as client:
-            yield client
 
 
 def engine_scores(repository, models_dir, model, documents, query=QUERY, **pair_fields):

@@ -1,0 +1,27 @@
+"""The in-process gateway: the real FastAPI app, its lifespan run for real,
+driven through `httpx.ASGITransport` against the session's real Triton."""
+
+from __future__ import annotations
+
+import contextlib
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+
+@contextlib.asynccontextmanager
+async def in_process(settings: GatewaySettings):
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=300) as client:
+            yield client
+
+
+@pytest.fixture
+async def api(triton):
+    async with in_process(GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm")) as c:
+        yield c

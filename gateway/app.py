@@ -3,6 +3,7 @@ lifespan that connects to Triton and activates the start-up model."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -28,9 +29,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         models = ModelManager(triton, settings)
         app.state.service = RerankService(triton, models, settings)
         await models.start()
+        watcher = asyncio.create_task(models.watch(settings.triton_watch_interval_s))
         try:
             yield
         finally:
+            watcher.cancel()
             await triton.close()
 
     app = FastAPI(
@@ -42,7 +45,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(RequestGuards, max_request_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestGuards,
+        max_request_bytes=settings.max_request_bytes,
+        max_concurrent_requests=settings.max_concurrent_requests,
+    )
 
     @app.middleware("http")
     async def timing_headers(request: Request, call_next):

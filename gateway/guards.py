@@ -1,17 +1,27 @@
 """Request guards that run before any parsing: POST bodies must be JSON and
 no larger than the configured limit, checked on the declared length and on
-the bytes actually received (chunked bodies declare none)."""
+the bytes actually received (chunked bodies declare none); and scoring
+requests beyond the in-flight bound are turned away at once with 429 and
+Retry-After, before they queue up and time out."""
 
 from __future__ import annotations
 
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import ErrorKind, error_body
+
+
+UNBOUNDED_PATHS = ("/switch_model",)  # control requests are never turned away for load
+
 
 class RequestGuards:
-    def __init__(self, app: ASGIApp, max_request_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int, max_concurrent_requests: int) -> None:
         self.app = app
         self.max_bytes = max_request_bytes
+        self.max_in_flight = max_concurrent_requests
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -23,6 +33,18 @@ class RequestGuards:
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(scope, receive, send, 413, self._too_large())
+        if scope["path"] not in UNBOUNDED_PATHS:
+            if self.in_flight >= self.max_in_flight:
+                message = f"{self.in_flight} requests in flight, the limit (RERANKER_MAX_CONCURRENT_REQUESTS); retry"
+                return await self._refuse(scope, receive, send, 429, message, {"retry-after": "1"})
+            self.in_flight += 1
+            try:
+                return await self._checked(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+        return await self._checked(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
 
         async def counted() -> Message:
@@ -38,10 +60,8 @@ class RequestGuards:
     def _too_large(self) -> str:
         return f"request body is over the {self.max_bytes}-byte limit (RERANKER_MAX_REQUEST_BYTES)"
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
-        from fastapi.responses import JSONResponse
-
-        from gateway.errors import ErrorKind, error_body
-
-        response = JSONResponse(error_body(ErrorKind.INVALID_REQUEST, message, "body"), status_code=status)
-        await response(scope, receive, send)
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str,
+                      headers: dict[str, str] | None = None) -> None:
+        kind = ErrorKind.OVERLOADED if status == 429 else ErrorKind.INVALID_REQUEST
+        body = error_body(kind, message, None if status == 429 else "body")
+        await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)

@@ -50,6 +50,7 @@ class ModelManager:
         self._switch_lock = asyncio.Lock()
         self._leases: Counter[str] = Counter()
         self._drained: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._triton_was_down = False
 
     async def start(self) -> None:
         """Wait for Triton, then load and activate the default model.
@@ -61,6 +62,7 @@ class ModelManager:
         while not await self.triton.is_live():
             if time.monotonic() > deadline:
                 log.error("Triton at %s is not live; starting without an active model", self.triton.url)
+                self._triton_was_down = True  # the watcher loads the default model once Triton is up
                 return
             await asyncio.sleep(0.5)
         try:
@@ -68,6 +70,32 @@ class ModelManager:
             log.info("active model %s (loaded in %.1f s)", result.model, result.load_time_s)
         except GatewayError as exc:
             log.error("default model %s is not active: %s", self.settings.default_model, exc.message)
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload this gateway's models whenever Triton comes back after being down
+        (a restart by a supervisor or by compose's restart policy), or first comes up late."""
+        while True:
+            if not await self.triton.is_live():
+                self._triton_was_down = True
+            elif self._triton_was_down:
+                # One attempt per outage: a model that cannot load is reported, not retried in a loop.
+                self._triton_was_down = False
+                await self._restore()
+            await asyncio.sleep(interval_s)
+
+    async def _restore(self) -> None:
+        wanted = list(self.loaded) or [await self.resolve(self.settings.default_model)]
+        async with self._switch_lock:
+            try:
+                for model in wanted:
+                    if not await self.triton.is_ready(model):
+                        log.warning("Triton is back without %s; loading it again", model)
+                        await self.triton.load(model)
+                    self.loaded[model] = await self.triton.model_info(model)
+            except GatewayError as exc:
+                log.error("could not restore %s after Triton came back: %s", wanted, exc.message)
+                return
+            self.active = self.active or wanted[0]
 
     async def resolve(self, name: str, field: str = "model_name") -> str:
         """An alias or Triton model name to a Triton model name."""
@@ -97,6 +125,9 @@ class ModelManager:
                 self._drained[model].set()
 
     async def _loaded_model(self, requested: str) -> str:
+        model = self.settings.model_aliases.get(requested, requested)
+        if model in self.loaded:  # the common case costs no call to Triton
+            return model
         model = await self.resolve(requested, field="model")
         if model not in self.loaded and await self.triton.is_ready(model):
             self.loaded[model] = await self.triton.model_info(model)  # loaded by another gateway

@@ -38,6 +38,12 @@ class GatewaySettings(BaseSettings):
     max_documents_per_request: int = Field(
         1000, ge=1, description="Most documents (or pairs) one request may carry, as Cohere allows."
     )
+    max_concurrent_requests: int = Field(
+        1024, ge=1, description="Scoring requests in flight before new ones get 429 with Retry-After."
+    )
+    triton_watch_interval_s: float = Field(
+        1.0, gt=0, description="How often the gateway checks that Triton is live, to reload models after a restart."
+    )
     max_request_bytes: int = Field(
         64 * 2**20, ge=1024, description="Largest request body; leaves room for a 10 MB document, which is truncated."
     )

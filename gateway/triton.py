@@ -78,6 +78,8 @@ def _translate(exc: InferenceServerException, doing: str) -> GatewayError:
     status = exc.status() or ""
     # The python backend appends the model's Python traceback ("At: ..."); callers need the first part.
     message = (exc.message() or str(exc)).split("\n\nAt:")[0].strip()
+    if "Exceeds maximum queue size" in message:
+        return GatewayError(ErrorKind.OVERLOADED, f"{doing}: Triton's queue is full, retry shortly ({message})")
     if "Request for unknown model" in message or "is not ready" in message or "not found" in message:
         return GatewayError(ErrorKind.MODEL_NOT_READY, f"{doing}: {message}")
     return GatewayError(_GRPC_KINDS.get(status, ErrorKind.BACKEND_ERROR), f"{doing}: {message}")

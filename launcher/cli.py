@@ -144,17 +144,18 @@ def _run_gateway(settings: GatewaySettings) -> int:
 
 
 def _serve(triton: TritonSettings, gateway: GatewaySettings) -> int:
-    from launcher.process import spawn, stop, wait_until_live
+    from launcher.process import Supervised, wait_until_live
 
     command, env = _triton_invocation(triton)
-    server = spawn(command, env)
+    # If tritonserver dies, it is started again; the gateway then reloads its models.
+    server = Supervised(command, env)
     try:
-        wait_until_live(f"http://127.0.0.1:{triton.triton_http_port}/v2/health/live", server,
+        wait_until_live(f"http://127.0.0.1:{triton.triton_http_port}/v2/health/live", server.process,
                         triton.triton_startup_timeout_s)
         return _run_gateway(gateway)
     finally:
         log.info("stopping tritonserver")
-        stop(server)
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -9,14 +9,18 @@ itself is killed: the child gets SIGTERM and no orphan is left.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 
 PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger(__name__)
 
 
 def _die_with_parent() -> None:
@@ -66,3 +70,41 @@ def wait_until_live(url: str, process: subprocess.Popen, timeout_s: float) -> No
             pass
         time.sleep(0.25)
     raise TimeoutError(f"{url} was not live after {timeout_s:.0f} s")
+
+
+class Supervised:
+    """A child process started again whenever it dies, until `stop()`.
+
+    Restarts back off from 1 s to 30 s while the child keeps dying, and reset
+    once it has lived a minute. The watching thread also does the spawning, so
+    the parent-death signal (tied to the spawning thread) holds for every child.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.command, self.env = command, env
+        self.process = spawn(command, env)
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        delay, started = 1.0, time.monotonic()
+        while not self._stopping.wait(0.5):
+            if self.process.poll() is None:
+                continue
+            if time.monotonic() - started > 60:
+                delay = 1.0
+            log.warning("%s exited with code %s; starting it again in %.0f s",
+                        os.path.basename(self.command[0]), self.process.returncode, delay)
+            stop(self.process, grace_s=1)  # stubs left behind by a crashed server
+            if self._stopping.wait(delay):
+                return
+            self.process, started = spawn(self.command, self.env), time.monotonic()
+            self.restarts += 1
+            delay = min(delay * 2, 30.0)
+
+    def stop(self) -> int:
+        self._stopping.set()
+        self._watcher.join()
+        return stop(self.process)

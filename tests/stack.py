@@ -65,8 +65,8 @@ def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
     )
 
 
-def start_triton(repository: Path, models_dir: Path, log: Path) -> Process:
-    http, grpc, metrics = free_ports(3)
+def start_triton(repository: Path, models_dir: Path, log: Path, ports: tuple[int, int, int] | None = None) -> Process:
+    http, grpc, metrics = ports or free_ports(3)
     process = _start(
         ["triton", f"--model-repository={repository}", f"--models-dir={models_dir}",
          f"--triton-http-port={http}", f"--triton-grpc-port={grpc}", f"--triton-metrics-port={metrics}"],

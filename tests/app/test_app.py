@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -164,3 +165,16 @@ async def test_lone_surrogates_are_cleaned_and_nul_bytes_scored(api):
     for text in ("nul\x00byte", "emoji 🐼🎋 and 中文, العربية, हिन्दी, ไทย"):
         response = await api.post("/v1/rerank", json={"query": text, "documents": [text, "other"]})
         assert response.status_code == 200 and response.json()["results"][0]["index"] == 0
+
+
+async def test_requests_beyond_the_in_flight_bound_get_429(triton):
+    settings = GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm",
+                               max_concurrent_requests=1)
+    async with in_process(settings) as client:
+        slow = asyncio.create_task(client.post("/rerank", json={"query": "q", "document": "word " * 2_000_000}))
+        await asyncio.sleep(0.5)  # the 10 MB request is now in flight
+        refused = await client.post("/rerank", json={"query": "q", "document": "d"})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error_type"] == "overloaded" and "in flight" in refused.json()["error"]
+        assert (await slow).status_code == 200  # nothing in flight was lost
+        assert (await client.post("/rerank", json={"query": "q", "document": "d"})).status_code == 200

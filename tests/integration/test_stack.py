@@ -3,7 +3,9 @@ processes, driven through the project's Python client over HTTP."""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 
 import psutil
 import pytest
@@ -101,3 +103,22 @@ def test_serve_runs_both_and_ctrl_c_leaves_no_process(repository, models_dir, tm
     assert stack.stop(serve.process, signal.SIGINT) == 0  # a terminal's Ctrl-C
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], f"left running after Ctrl-C: {alive}"
+
+
+def test_serve_starts_a_dead_triton_again_and_the_gateway_recovers(repository, models_dir, tmp_path):
+    serve = stack.start_serve(repository, models_dir, tmp_path / "serve.log")
+    try:
+        with RerankerClient(serve.url()) as client:
+            before = client.rerank("what do pandas eat?", "bamboo")
+            (first,) = [p for p in psutil.Process(serve.process.pid).children() if p.name() == "tritonserver"]
+            os.killpg(first.pid, signal.SIGKILL)  # the server and its stubs, as an OOM kill would
+            deadline = time.monotonic() + 180
+            while True:
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                servers = [p for p in psutil.Process(serve.process.pid).children() if p.name() == "tritonserver"]
+                if servers and servers[0].pid != first.pid and client.health()["status"] == "ok":
+                    break
+                time.sleep(0.5)
+            assert client.rerank("what do pandas eat?", "bamboo") == before
+    finally:
+        assert stack.stop(serve.process, signal.SIGINT) == 0

@@ -30,6 +30,8 @@ def triton(repository, models_dir, tmp_path_factory):
     stack.stop(server.process)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend():
+    # One event loop for the whole session: grpc's asyncio poller is process-wide, and
+    # a loop closed after one test can otherwise receive its callbacks in the next.
     return "asyncio"

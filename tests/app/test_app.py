@@ -172,7 +172,7 @@ async def test_requests_beyond_the_in_flight_bound_get_429(triton):
                                max_concurrent_requests=1)
     async with in_process(settings) as client:
         slow = asyncio.create_task(client.post("/rerank", json={"query": "q", "document": "word " * 2_000_000}))
-        await asyncio.sleep(0.5)  # the 10 MB request is now in flight
+        await asyncio.sleep(2)  # the 10 MB request (about 10 s of scoring) is now in flight
         refused = await client.post("/rerank", json={"query": "q", "document": "d"})
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert refused.json()["error_type"] == "overloaded" and "in flight" in refused.json()["error"]

@@ -37,7 +37,6 @@ _GRPC_KINDS = {
 class ModelState:
     name: str
     state: str  # READY, UNAVAILABLE, LOADING, UNLOADING, or "" when never loaded
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class TritonBackend:
             index = await self._client.get_model_repository_index(as_json=True, client_timeout=10.0)
         except InferenceServerException as exc:
             raise _translate(exc, "reading Triton's model repository") from None
-        return [ModelState(m["name"], m.get("state", ""), m.get("reason", "")) for m in index.get("models", [])]
+        return [ModelState(m["name"], m.get("state", "")) for m in index.get("models", [])]
 
     async def is_ready(self, model: str) -> bool:
         try:

@@ -108,7 +108,6 @@ class TritonOptions:
     grpc_port: int
     metrics_port: int
     log_verbose: int = 0
-    load_models: tuple[str, ...] = ()
 
 
 def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
@@ -126,7 +125,6 @@ def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
     ]
     if install.backend_dir is not None:
         command.append(f"--backend-directory={install.backend_dir}")
-    command += [f"--load-model={name}" for name in options.load_models]
     return command
 
 

@@ -66,11 +66,13 @@ def error_body(kind: ErrorKind, message: str, field: str | None = None) -> dict:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
-    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        request.state.error_type = exc.kind.value  # the rejection reason in the metrics
         return JSONResponse(error_body(exc.kind, exc.message, exc.field), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.state.error_type = ErrorKind.INVALID_REQUEST.value
         first = exc.errors()[0]
         if first.get("type") == "json_invalid":  # loc holds a character offset, not a field
             message = f"body: invalid JSON at character {first['loc'][-1]} ({first.get('ctx', {}).get('error', '')})"

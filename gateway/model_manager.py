@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from gateway.errors import ErrorKind, GatewayError
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.triton import ModelInfo, TritonBackend
 
@@ -42,9 +43,10 @@ class ModelsView:
 
 
 class ModelManager:
-    def __init__(self, triton: TritonBackend, settings: GatewaySettings) -> None:
+    def __init__(self, triton: TritonBackend, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self.triton = triton
         self.settings = settings
+        self.metrics = metrics
         self.active: str | None = None
         self.loaded: dict[str, ModelInfo] = {}  # the models this gateway has seen READY
         self._switch_lock = asyncio.Lock()
@@ -96,6 +98,7 @@ class ModelManager:
                 log.error("could not restore %s after Triton came back: %s", wanted, exc.message)
                 return
             self.active = self.active or wanted[0]
+            self.metrics.set_active(self.active)
 
     async def resolve(self, name: str, field: str = "model_name") -> str:
         """An alias or Triton model name to a Triton model name."""
@@ -140,6 +143,16 @@ class ModelManager:
 
     async def switch(self, requested: str, keep_loaded: bool = False) -> SwitchResult:
         target = await self.resolve(requested)
+        started = time.perf_counter()
+        try:
+            result = await self._switch(target, keep_loaded)
+        except GatewayError:
+            self.metrics.switched(target, time.perf_counter() - started, ok=False)
+            raise
+        self.metrics.switched(target, time.perf_counter() - started, ok=True)
+        return result
+
+    async def _switch(self, target: str, keep_loaded: bool) -> SwitchResult:
         async with self._switch_lock:
             previous = self.active
             load_time = 0.0  # already loaded: nothing to wait for
@@ -151,6 +164,7 @@ class ModelManager:
                     raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
             self.loaded[target] = await self.triton.model_info(target)
             self.active = target
+            self.metrics.set_active(target)
             if previous and previous != target and not keep_loaded:
                 await self._drain_and_unload(previous)
             return SwitchResult(target, previous, load_time)

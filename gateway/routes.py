@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from gateway.metrics import CONTENT_TYPE, RequestRecord
 from gateway.protocol import (
     ErrorResponse,
     HealthResponse,
@@ -19,7 +20,7 @@ from gateway.protocol import (
     SwitchModelRequest,
     SwitchModelResponse,
 )
-from gateway.service import RerankService, Timing
+from gateway.service import RerankService
 
 router = APIRouter(
     responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
@@ -30,33 +31,33 @@ def service(request: Request) -> RerankService:
     return request.app.state.service
 
 
-def timing(request: Request) -> Timing:
-    request.state.timing = Timing()  # read back by the timing-headers middleware
-    return request.state.timing
+def record(request: Request) -> RequestRecord:
+    request.state.record = RequestRecord()  # read back after the response, for headers and metrics
+    return request.state.record
 
 
 @router.post("/rerank", response_model=RerankPairResponse | RerankResponse, response_model_exclude_none=True,
              tags=["rerank"])
-async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), clock: Timing = Depends(timing)):
+async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)):
     """The seed's contract: one (query, document) pair -> {"score"}; the list form answers as /v1/rerank."""
     if isinstance(body, RerankPairRequest):
-        return RerankPairResponse(score=await svc.score_pair(body.query, body.document, clock))
-    return await svc.rerank(body, clock)
+        return RerankPairResponse(score=await svc.score_pair(body.query, body.document, stats))
+    return await svc.rerank(body, stats)
 
 
 @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
 @router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
 async def rerank_documents(
-    body: RerankRequest, svc: RerankService = Depends(service), clock: Timing = Depends(timing)
+    body: RerankRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)
 ) -> RerankResponse:
     """Cohere v2 / Jina rerank: one query, many documents, results sorted by relevance."""
-    return await svc.rerank(body, clock)
+    return await svc.rerank(body, stats)
 
 
 @router.post("/v1/score", response_model=ScoreResponse, tags=["rerank"])
-async def score(body: ScoreRequest, svc: RerankService = Depends(service), clock: Timing = Depends(timing)):
+async def score(body: ScoreRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)):
     """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, or queries/documents)."""
-    return await svc.score(body, clock)
+    return await svc.score(body, stats)
 
 
 @router.post("/switch_model", response_model=SwitchModelResponse, tags=["models"])
@@ -81,3 +82,9 @@ async def ready(svc: RerankService = Depends(service)):
     """Readiness: 200 only when Triton is live and the active model is READY."""
     report = await svc.health()
     return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
+
+
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this gateway (Triton exports its own on its metrics port)."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)

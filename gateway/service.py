@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
 from typing import Sequence
 
 from gateway.errors import ErrorKind, GatewayError
+from gateway.metrics import RequestRecord
 from gateway.model_manager import ModelManager
 from gateway.protocol import (
     HealthResponse,
@@ -30,30 +30,18 @@ from gateway.settings import GatewaySettings
 from gateway.triton import ModelInfo, ScoreOutputs, TritonBackend
 
 
-@dataclass
-class Timing:
-    """Where a request's time went, for the x-queue-time / x-inference-time headers."""
-
-    queue_s: float | None = None
-    inference_s: float | None = None
-
-    def record(self, outputs: ScoreOutputs) -> None:
-        self.inference_s = outputs.compute_s
-        self.queue_s = max(outputs.round_trip_s - outputs.compute_s, 0.0)
-
-
 class RerankService:
     def __init__(self, triton: TritonBackend, models: ModelManager, settings: GatewaySettings) -> None:
         self.triton = triton
         self.models = models
         self.max_documents = settings.max_documents_per_request
 
-    async def score_pair(self, query: str, document: str, timing: Timing) -> float:
+    async def score_pair(self, query: str, document: str, record: RequestRecord) -> float:
         async with self.models.lease() as model:
-            outputs = await self._score(model, [query], [document], timing=timing)
+            outputs = await self._score(model, [query], [document], record=record)
         return float(outputs.score[0])
 
-    async def rerank(self, body: RerankRequest, timing: Timing) -> RerankResponse:
+    async def rerank(self, body: RerankRequest, record: RequestRecord) -> RerankResponse:
         texts = body.texts()
         self._check_count(len(texts), "documents")
         warnings = []
@@ -62,7 +50,7 @@ class RerankService:
             if body.instruction is not None and instruction is None:
                 warnings.append(f"instruction ignored: {model.name} is not a Qwen3 reranker")
             outputs = await self._score(
-                model, [body.query] * len(texts), texts, instruction, body.max_tokens_per_doc, timing
+                model, [body.query] * len(texts), texts, instruction, body.max_tokens_per_doc, record
             )
         if not body.truncate:
             _refuse_truncated(outputs, model, "documents")
@@ -85,10 +73,10 @@ class RerankService:
             meta=RerankMeta(truncated_documents=truncated, warnings=warnings),
         )
 
-    async def score(self, body: ScoreRequest, timing: Timing) -> ScoreResponse:
+    async def score(self, body: ScoreRequest, record: RequestRecord) -> ScoreResponse:
         self._check_count(len(body.documents), "documents")
         async with self.models.lease(body.model) as model:
-            outputs = await self._score(model, body.queries, body.documents, timing=timing)
+            outputs = await self._score(model, body.queries, body.documents, record=record)
         if not body.truncate:
             _refuse_truncated(outputs, model, "text_2")
         tokens = int(outputs.num_tokens.sum())
@@ -115,8 +103,10 @@ class RerankService:
         documents: Sequence[str],
         instruction: str | None = None,
         max_document_tokens: int | None = None,
-        timing: Timing | None = None,
+        record: RequestRecord | None = None,
     ) -> ScoreOutputs:
+        if record is not None:
+            record.model = model.name
         # Chunks of at most max_batch_size go out concurrently, so Triton's
         # dynamic batcher can merge them with other clients' work.
         size = model.max_batch_size
@@ -129,8 +119,8 @@ class RerankService:
             )
         )
         outputs = ScoreOutputs.concatenate(chunks)
-        if timing is not None:
-            timing.record(outputs)
+        if record is not None:
+            record.record_scores(model.name, outputs)
         return outputs
 
     async def switch_model(self, requested: str, keep_loaded: bool = False) -> SwitchModelResponse:

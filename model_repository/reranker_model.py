@@ -4,8 +4,9 @@ which scorer, weights, dtype and length limits it runs.
 
 It only adapts Triton to the scoring engine: it reads each request's tensors,
 makes one engine call for the whole dynamic batch, and returns one response
-per request, in order. A malformed request gets its own INVALID_ARG error and
-the rest of the batch is still scored.
+per request, in order. A malformed request gets its own INVALID_ARG error, a
+request its client already gave up on is skipped, and the rest of the batch is
+still scored. Each batch leaves one JSON log line and custom metrics.
 """
 
 import json
@@ -16,9 +17,13 @@ import triton_python_backend_utils as pb_utils
 
 from rerank_engine import contract
 from rerank_engine.engine import EngineConfig, load_scorer, resolve_device
-from rerank_engine.inputs import InvalidRequest, decode_pairs, document_cap
+from rerank_engine.inputs import InvalidRequest, decode_pairs, document_cap, sent_at_ns
+from rerank_engine.telemetry import BatchTelemetry
 
 INPUTS = (contract.INPUT_QUERY, contract.INPUT_DOCUMENT, contract.INPUT_INSTRUCTION)
+# Each output is the engine's `Scores` field of the same name.
+OUTPUTS = (contract.OUTPUT_SCORE, contract.OUTPUT_RAW_SCORE, contract.OUTPUT_NUM_TOKENS,
+           contract.OUTPUT_INPUT_TOKENS, contract.OUTPUT_TRUNCATED)
 
 
 class TritonPythonModel:
@@ -29,12 +34,19 @@ class TritonPythonModel:
         device = resolve_device(args["model_instance_kind"], args["model_instance_device_id"])
         # A missing weights folder raises here, and Triton fails the load with its message.
         self.scorer = load_scorer(self.config, device)
+        level = params.get(contract.PARAM_BATCH_LOG) or "info"
+        log = pb_utils.Logger.log_verbose if level == "verbose" else pb_utils.Logger.log_info
+        self.telemetry = BatchTelemetry(args["model_name"], device, pb_utils.MetricFamily, log, level)
         pb_utils.Logger.log_info(f"{args['model_name']}: {self.config.scorer} on {device}")
 
     def execute(self, requests):
+        started_ns = BatchTelemetry.now_ns()
         responses = [None] * len(requests)
-        pairs, spans = [], []
+        pairs, spans, sent = [], [], []
         for index, request in enumerate(requests):
+            if request.is_cancelled():  # the gateway's deadline passed while this waited in the queue
+                responses[index] = _error("cancelled before scoring", pb_utils.TritonError.CANCELLED)
+                continue
             try:
                 tensors = (pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS)
                 arrays = [None if t is None else t.as_numpy() for t in tensors]
@@ -43,25 +55,20 @@ class TritonPythonModel:
                 responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
                 continue
             spans.append((index, len(pairs), len(pairs) + len(rows)))
+            sent.append(sent_at_ns(request.parameters()))
             pairs.extend(rows)
         started = time.perf_counter()
         try:
             scores = self.scorer.score(pairs)
         except Exception as exc:  # e.g. out of memory: fail this batch, keep the model serving
             pb_utils.Logger.log_error(f"scoring failed for {len(pairs)} pairs: {exc!r}")
-            for index, _, _ in spans:
-                responses[index] = _error(f"scoring failed: {exc}", pb_utils.TritonError.INTERNAL)
-            return responses
-        compute_us = np.float32((time.perf_counter() - started) * 1e6)
-        outputs = {
-            contract.OUTPUT_SCORE: scores.score,
-            contract.OUTPUT_RAW_SCORE: scores.raw_score,
-            contract.OUTPUT_NUM_TOKENS: scores.num_tokens,
-            contract.OUTPUT_INPUT_TOKENS: scores.input_tokens,
-            contract.OUTPUT_TRUNCATED: scores.truncated,
-        }
+            return [r or _error(f"scoring failed: {exc}", pb_utils.TritonError.INTERNAL) for r in responses]
+        compute_s = time.perf_counter() - started
+        self.telemetry.record(requests=len(requests), rejected=len(requests) - len(spans), pairs=len(pairs),
+                              run=self.scorer.last_run, sent_at_ns=sent, started_ns=started_ns, compute_s=compute_s)
+        compute_us = np.float32(compute_s * 1e6)
         for index, start, end in spans:
-            tensors = [pb_utils.Tensor(name, values[start:end].reshape(-1, 1)) for name, values in outputs.items()]
+            tensors = [pb_utils.Tensor(name, getattr(scores, name)[start:end].reshape(-1, 1)) for name in OUTPUTS]
             tensors.append(pb_utils.Tensor(contract.OUTPUT_COMPUTE_US, np.full((end - start, 1), compute_us)))
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses

@@ -24,6 +24,9 @@ OUTPUT_COMPUTE_US = "compute_us"
 
 REQUEST_PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"
 """Optional per-request Triton parameter: cut each document to this many tokens first."""
+REQUEST_PARAM_SENT_AT_NS = "sent_at_ns"
+"""Optional per-request Triton parameter: the sender's wall clock (ns) when it sent the request,
+so a model's batch log can tell how long the request waited (same host clock)."""
 
 PARAM_SCORER = "scorer"
 PARAM_WEIGHTS_PATH = "weights_path"
@@ -31,6 +34,10 @@ PARAM_DTYPE = "dtype"
 PARAM_MAX_LENGTH = "max_length"
 PARAM_MAX_BATCH_TOKENS = "max_batch_tokens"
 PARAM_WEIGHTS_HINT = "weights_hint"
+PARAM_BATCH_LOG = "batch_log"
+"""`info` (default), `verbose` (only with tritonserver --log-verbose) or `off`: the per-batch JSON log line."""
+PARAM_PREFIX_REUSE = "prefix_reuse"
+"""`true` (the default) or `false`, qwen3_reranker only: run the prompt head shared by a query's documents once."""
 
 SCORER_CROSS_ENCODER = "cross_encoder"
 SCORER_QWEN3 = "qwen3_reranker"

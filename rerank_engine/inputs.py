@@ -30,11 +30,25 @@ def _texts(name: str, tensor: np.ndarray) -> list[str]:
     return texts
 
 
-def document_cap(parameters: str | dict | None) -> int | None:
-    """The request's `max_document_tokens` parameter (Triton passes parameters as JSON)."""
+def parse_parameters(parameters: str | dict | None) -> dict:
+    """A request's parameters (Triton passes them as JSON text)."""
     if isinstance(parameters, str):
-        parameters = json.loads(parameters or "{}")
-    value = (parameters or {}).get(contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS)
+        try:
+            parameters = json.loads(parameters or "{}")
+        except ValueError:
+            raise InvalidRequest("request parameters are not valid JSON") from None
+    return parameters if isinstance(parameters, dict) else {}
+
+
+def sent_at_ns(parameters: str | dict | None) -> int:
+    """The sender's clock when it sent the request, 0 when unknown or malformed (it only feeds telemetry)."""
+    value = parse_parameters(parameters).get(contract.REQUEST_PARAM_SENT_AT_NS)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def document_cap(parameters: str | dict | None) -> int | None:
+    """The request's `max_document_tokens` parameter."""
+    value = parse_parameters(parameters).get(contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rerank_engine.batching import plan_micro_batches
+from rerank_engine.telemetry import RunStats
 
 
 class Pair(NamedTuple):
@@ -67,7 +68,8 @@ class Scorer(ABC):
             empty, none = np.zeros(0, np.float32), np.zeros(0, np.int32)
             return Scores(empty, empty, none, none, np.zeros(0, bool))
         encoded = self.encode(pairs)
-        outputs = self.run(encoded.sequences)
+        self.last_run = RunStats(0, 0, 0)
+        outputs = self.infer(encoded)
         score, raw = self.finalize(encoded, outputs)
         return Scores(
             score=score.astype(np.float32, copy=False),
@@ -100,12 +102,26 @@ class Scorer(ABC):
     def finalize(self, encoded: Encoded, outputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-sequence outputs (in `encode` order) to (score, raw_score) per pair."""
 
+    last_run: RunStats | None = None
+    """Micro-batches and tokens (with and without padding) of the latest `score` call, for telemetry."""
+
+    def account(self, tokens: int, padded_tokens: int) -> None:
+        """Count one padded forward pass in `last_run`."""
+        run = self.last_run or RunStats(0, 0, 0)
+        self.last_run = RunStats(run.micro_batches + 1, run.tokens + tokens, run.padded_tokens + padded_tokens)
+
+    def infer(self, encoded: Encoded) -> torch.Tensor:
+        """Per-sequence outputs, in `encode` order. A scorer that knows which
+        sequences share work (Qwen3's per-query prompt head) overrides this."""
+        return self.run(encoded.sequences)
+
     @torch.inference_mode()
     def run(self, sequences: list[list[int]]) -> torch.Tensor:
         lengths = [len(s) for s in sequences]
         rows: list[torch.Tensor | None] = [None] * len(sequences)
         for group in plan_micro_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             input_ids, attention_mask, group_lengths = self._pad([sequences[i] for i in group])
+            self.account(sum(lengths[i] for i in group), input_ids.numel())
             out = self.forward(input_ids, attention_mask, group_lengths).float().cpu()
             for row, index in enumerate(group):
                 rows[index] = out[row]

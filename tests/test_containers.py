@@ -11,6 +11,7 @@ the build context but nothing the Dockerfile copies.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -107,8 +108,8 @@ def _volumes(service: dict) -> list[tuple[str, str, bool]]:
     return mounts
 
 
-def test_compose_file_validates_and_has_the_two_services(services):
-    assert set(services) == {"triton", "gateway"}
+def test_compose_file_validates_and_has_the_serving_and_monitoring_services(services):
+    assert set(services) == {"triton", "gateway", "prometheus", "grafana"}
     assert services["triton"]["build"]["target"] == "triton"
     assert services["gateway"]["build"]["target"] == "gateway"
     for name, service in services.items():
@@ -327,3 +328,30 @@ def test_dockerignore_keeps_weights_out_and_what_the_dockerfile_copies_in():
     for source in sorted(copied):
         assert not _ignored(source, patterns), f".dockerignore drops {source}, which the Dockerfile copies"
     assert not _ignored("model_repository/reranker_model.py", patterns)
+
+
+# --- monitoring: Prometheus and Grafana ---------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_gateway_and_triton_metrics_ports(services):
+    mounts = {target: (Path(source).resolve(), ro) for source, target, ro in _volumes(services["prometheus"])}
+    assert mounts["/etc/prometheus/prometheus.yml"] == ((REPO_ROOT / "deploy/prometheus/prometheus.yml"), True)
+    config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    gateway_port = GatewaySettings.model_fields["port"].default
+    triton_metrics = TritonSettings.model_fields["triton_metrics_port"].default
+    assert targets == {"gateway": [f"gateway:{gateway_port}"], "triton": [f"triton:{triton_metrics}"]}
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_source(services):
+    mounts = {target: (Path(source).resolve(), ro) for source, target, ro in _volumes(services["grafana"])}
+    assert mounts["/etc/grafana/provisioning"] == (REPO_ROOT / "deploy/grafana/provisioning", True)
+    assert mounts["/var/lib/grafana/dashboards"] == (REPO_ROOT / "deploy/grafana/dashboards", True)
+    provisioning = REPO_ROOT / "deploy/grafana/provisioning"
+    source = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"][0]
+    assert source["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards/reranker.yml").read_text())["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((REPO_ROOT / "deploy/grafana/dashboards/reranker.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {source["uid"]}

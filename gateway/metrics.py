@@ -1,0 +1,117 @@
+"""The gateway's Prometheus metrics: what each request cost and carried, what
+was refused and why, and which model is active, served at `GET /metrics`.
+
+Triton exports its own side (queue and compute time, batch counts, GPU memory,
+and the models' per-batch figures) on its metrics port; Prometheus scrapes
+both, and the Grafana dashboard in `deploy/grafana/` reads both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Latency of a rerank call spans a 1-pair CPU request to 1,000 documents on an 8B model.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+DOCUMENT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+SWITCH_BUCKETS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+NO_MODEL = "none"  # label of requests refused before a model was chosen
+
+
+@dataclass
+class RequestRecord:
+    """What one request used, filled in by the service and read after the response:
+    by the timing headers (TEI's names) and by the metrics."""
+
+    model: str | None = None
+    documents: int | None = None
+    tokens: int | None = None
+    queue_s: float | None = None
+    inference_s: float | None = None
+
+    def record_scores(self, model: str, outputs) -> None:
+        """`outputs`: the gateway's ScoreOutputs of the whole request."""
+        self.model = model
+        self.documents = len(outputs.score)
+        self.tokens = int(outputs.num_tokens.sum())
+        self.inference_s = outputs.compute_s
+        self.queue_s = max(outputs.round_trip_s - outputs.compute_s, 0.0)
+
+
+class GatewayMetrics:
+    """One registry per app, so several apps in one process (tests) never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "reranker_request_duration_seconds", "Time from request received to response sent.",
+            ["route", "model", "status"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "reranker_triton_queue_duration_seconds",
+            "Per request: Triton round trip minus the engine time of its batch (queueing, transfer, batching).",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "reranker_inference_duration_seconds", "Per request: engine time of the Triton batch it rode in.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.documents = Histogram(
+            "reranker_request_documents", "Documents (or pairs) per scoring request.",
+            ["route", "model"], buckets=DOCUMENT_BUCKETS, registry=r,
+        )
+        self.tokens = Histogram(
+            "reranker_request_tokens", "Tokens scored per request, after truncation.",
+            ["route", "model"], buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.in_flight = Gauge("reranker_requests_in_flight", "Scoring requests being served now.", registry=r)
+        self.rejections = Counter(
+            "reranker_rejections_total", "Requests answered with an error, by reason.", ["reason"], registry=r
+        )
+        self.switches = Counter(
+            "reranker_model_switches_total", "Model switches, by target and outcome.", ["model", "outcome"],
+            registry=r,
+        )
+        self.switch_seconds = Histogram(
+            "reranker_model_switch_duration_seconds", "Time a successful /switch_model took, load and drain included.",
+            ["model"], buckets=SWITCH_BUCKETS, registry=r,
+        )
+        self.active_model = Gauge(
+            "reranker_active_model", "1 for the model new requests go to, 0 for models active before.", ["model"],
+            registry=r,
+        )
+
+    def set_active(self, model: str | None) -> None:
+        for labels in list(self.active_model._metrics):  # keep the series, so a switch shows as a step to 0
+            self.active_model.labels(*labels).set(0)
+        if model is not None:
+            self.active_model.labels(model).set(1)
+
+    def switched(self, model: str, seconds: float, ok: bool) -> None:
+        self.switches.labels(model, "ok" if ok else "failed").inc()
+        if ok:
+            self.switch_seconds.labels(model).observe(seconds)
+
+    def observe(self, route: str, status: int, seconds: float, record: RequestRecord | None,
+                rejection: str | None) -> None:
+        model = record.model if record is not None and record.model else NO_MODEL
+        self.request_seconds.labels(route, model, str(status)).observe(seconds)
+        if rejection is not None:
+            self.rejections.labels(rejection).inc()
+        if record is None or record.documents is None:
+            return
+        self.documents.labels(route, model).observe(record.documents)
+        self.tokens.labels(route, model).observe(record.tokens or 0)
+        if record.inference_s is not None:
+            self.inference_seconds.labels(model).observe(record.inference_s)
+            self.queue_seconds.labels(model).observe(record.queue_s or 0.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+

@@ -32,6 +32,7 @@ class EngineConfig:
     max_batch_tokens: int = 16384
     max_batch_size: int = 256
     weights_hint: str = ""
+    prefix_reuse: bool = True  # Qwen3 only: run each query's shared prompt head once
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256) -> "EngineConfig":
@@ -53,6 +54,16 @@ class EngineConfig:
         if dtype != "auto" and dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
         max_length = positive_int(contract.PARAM_MAX_LENGTH, 512)
+        prefix_reuse = params.get(contract.PARAM_PREFIX_REUSE) or "true"
+        if prefix_reuse not in ("true", "false"):
+            raise ValueError(
+                f"config.pbtxt parameter '{contract.PARAM_PREFIX_REUSE}' must be true or false, got {prefix_reuse!r}"
+            )
+        if contract.PARAM_PREFIX_REUSE in params and scorer != contract.SCORER_QWEN3:
+            # Refused rather than ignored: a benchmark comparing on/off must not silently compare a model with itself.
+            raise ValueError(
+                f"config.pbtxt parameter '{contract.PARAM_PREFIX_REUSE}' applies to {contract.SCORER_QWEN3} only"
+            )
         return cls(
             scorer=scorer,
             weights_path=need(contract.PARAM_WEIGHTS_PATH),
@@ -61,6 +72,7 @@ class EngineConfig:
             max_batch_tokens=max(positive_int(contract.PARAM_MAX_BATCH_TOKENS, 16384), max_length),
             max_batch_size=max_batch_size,
             weights_hint=params.get(contract.PARAM_WEIGHTS_HINT, ""),
+            prefix_reuse=prefix_reuse == "true",
         )
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
@@ -101,6 +113,7 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         contract.SCORER_BI_ENCODER: (AutoModel, BiEncoderScorer),
     }
     auto_model, scorer_cls = kinds[config.scorer]
+    options = {"prefix_reuse": config.prefix_reuse} if config.scorer == contract.SCORER_QWEN3 else {}
     dtype = config.torch_dtype(device)
     if device.type == "cuda":
         # cuDNN's SDPA builds a plan per sequence length, and every request brings new lengths:
@@ -119,6 +132,7 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         max_length=config.max_length,
         max_batch_tokens=config.max_batch_tokens,
         max_batch_size=config.max_batch_size,
+        **options,
     )
     scorer.score([Pair("warm-up query", "warm-up document")])
     return scorer

@@ -6,15 +6,22 @@ and query, once per request) plus the document, so that when a pair is too long
 only the body is cut - document first, then the query - and the system prefix
 and the assistant suffix always stay whole. Only the two `lm_head` rows for
 `no` and `yes` are applied, to the last token, never the full vocabulary.
+
+With prefix reuse on, the system prefix and head - the same for every document
+of a query - run once per query (`rerank_engine.prefix_cache`), and each pair
+runs only its document and suffix against their cached keys/values.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from rerank_engine.batching import plan_micro_batches
+from rerank_engine.prefix_cache import SharedPrefix, group_by_head, worth_reusing
 from rerank_engine.scoring import Encoded, Pair, Scorer
 from rerank_engine.tokens import raw_tokenizer
 
@@ -30,10 +37,16 @@ def format_body(instruction: str, query: str, document: str) -> str:
     return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 
 
+@dataclass
+class PromptEncoded(Encoded):
+    head_lengths: list[int] = field(default_factory=list)  # per sequence, prefix + head ids (after any cut)
+
+
 class Qwen3RerankerScorer(Scorer):
-    def __init__(self, model, tokenizer, **kwargs) -> None:
+    def __init__(self, model, tokenizer, *, prefix_reuse: bool = True, **kwargs) -> None:
         super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
         self.model = model
+        self.prefix_reuse = prefix_reuse
         self.tokenizer = raw_tokenizer(tokenizer)
         self.prefix = self.tokenizer.encode(SYSTEM_PREFIX, add_special_tokens=False).ids
         self.suffix = self.tokenizer.encode(ASSISTANT_SUFFIX, add_special_tokens=False).ids
@@ -53,7 +66,7 @@ class Qwen3RerankerScorer(Scorer):
             heads[key] = enc.ids
         docs = self.tokenizer.encode_batch([" " + p.document for p in pairs], add_special_tokens=False)
         template = len(self.prefix) + len(self.suffix)
-        sequences, uncut = [], []
+        sequences, uncut, head_lengths = [], [], []
         for pair, doc in zip(pairs, docs):
             key = (pair.instruction or DEFAULT_INSTRUCTION, pair.query)
             head, doc_ids = heads[key], self.capped(doc.ids, pair)
@@ -63,7 +76,8 @@ class Qwen3RerankerScorer(Scorer):
                     head = self._truncated_head(*key, budget)
                 doc_ids = doc_ids[: budget - len(head)]
             sequences.append(self.prefix + head + doc_ids + self.suffix)
-        return Encoded(sequences, *self.counts(sequences, uncut))
+            head_lengths.append(len(self.prefix) + len(head))
+        return PromptEncoded(sequences, *self.counts(sequences, uncut), head_lengths=head_lengths)
 
     def _truncated_head(self, instruction: str, query: str, budget: int) -> list[int]:
         """A head whose query is cut so the head alone fills the body budget."""
@@ -78,8 +92,40 @@ class Qwen3RerankerScorer(Scorer):
             raise ValueError(f"the instruction alone is longer than the {budget}-token body budget")
         return head
 
+    @torch.inference_mode()
+    def infer(self, encoded: PromptEncoded) -> torch.Tensor:
+        sequences = encoded.sequences
+        if not self.prefix_reuse:
+            return self.run(sequences)
+        rows: list[torch.Tensor | None] = [None] * len(sequences)
+        whole: list[int] = []
+        for head, members in group_by_head(sequences, encoded.head_lengths).items():
+            if not worth_reusing(head, members):
+                whole.extend(members)
+                continue
+            prefix = SharedPrefix(self.model.model, self._to_device(torch.tensor([head])))
+            self.account(prefix.length, prefix.length)
+            tails = [sequences[i][len(head) :] for i in members]
+            # A row attends over prefix + tail keys (and the cache holds them all),
+            # so it is budgeted at that length, as the whole sequence would be.
+            widths = [prefix.length + len(tail) for tail in tails]
+            for batch in plan_micro_batches(widths, self.max_batch_tokens, self.max_batch_size):
+                input_ids, attention_mask, lengths = self._pad([tails[j] for j in batch])
+                self.account(sum(len(tails[j]) for j in batch), input_ids.numel())
+                out = self._answer(prefix.run_tails(input_ids, attention_mask), lengths).cpu()
+                for row, j in enumerate(batch):
+                    rows[members[j]] = out[row]
+        if whole:
+            for index, out in zip(whole, self.run([sequences[i] for i in whole])):
+                rows[index] = out
+        return torch.stack(rows)  # type: ignore[arg-type]
+
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return self._answer(hidden, lengths)
+
+    def _answer(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[no, yes] logits (float32) at each row's last real token."""
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
         return last.float() @ self.answer_rows.to(last.device).T
 

@@ -14,6 +14,7 @@ from rerank_engine.engine import EngineConfig, load_scorer
 from rerank_engine.weights import WeightsNotFoundError, require_weights, resolve_weights_path
 
 BASE = {"scorer": "cross_encoder", "weights_path": "models/bge-reranker-base"}
+QWEN = {"scorer": "qwen3_reranker", "weights_path": "models/Qwen3-Reranker-4B"}
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,9 @@ BASE = {"scorer": "cross_encoder", "weights_path": "models/bge-reranker-base"}
         ({**BASE, "max_length": "lots"}, r"'max_length' must be a positive integer, got 'lots'"),
         ({**BASE, "max_length": "512.0"}, r"'max_length' must be a positive integer"),
         ({**BASE, "max_batch_tokens": "1e4"}, r"'max_batch_tokens' must be a positive integer"),
+        ({**QWEN, "prefix_reuse": "no"}, r"'prefix_reuse' must be true or false, got 'no'"),
+        ({**QWEN, "prefix_reuse": "True"}, r"'prefix_reuse' must be true or false"),
+        ({**BASE, "prefix_reuse": "false"}, r"'prefix_reuse' applies to qwen3_reranker only"),
     ],
 )
 def test_invalid_parameters_are_refused_with_the_reason(params, message):
@@ -59,6 +63,14 @@ def test_defaults_and_values():
     )
     assert (config.dtype, config.max_length) == ("bfloat16", 8192)
     assert config.max_batch_tokens == 8192, "a budget below max_length is raised so the longest pair still fits"
+
+
+def test_prefix_reuse_is_on_unless_turned_off(make_scorer, qwen_dir):
+    assert EngineConfig.from_parameters(QWEN).prefix_reuse
+    assert EngineConfig.from_parameters({**QWEN, "prefix_reuse": "true"}).prefix_reuse
+    assert not EngineConfig.from_parameters({**QWEN, "prefix_reuse": "false"}).prefix_reuse
+    assert not make_scorer("qwen3_reranker", qwen_dir, max_length=512, prefix_reuse=False).prefix_reuse
+    assert make_scorer("qwen3_reranker", qwen_dir, max_length=512).prefix_reuse
 
 
 @pytest.mark.parametrize("scorer", ["cross_encoder", "qwen3_reranker", "bi_encoder"])

@@ -79,6 +79,8 @@ def _translate(exc: InferenceServerException, doing: str) -> GatewayError:
     message = (exc.message() or str(exc)).split("\n\nAt:")[0].strip()
     if "Exceeds maximum queue size" in message:
         return GatewayError(ErrorKind.OVERLOADED, f"{doing}: Triton's queue is full, retry shortly ({message})")
+    if "timeout expired" in message.lower():  # Triton's queue dropped it at the request's deadline
+        return GatewayError(ErrorKind.BACKEND_TIMEOUT, f"{doing}: {message}")
     if "Request for unknown model" in message or "is not ready" in message or "not found" in message:
         return GatewayError(ErrorKind.MODEL_NOT_READY, f"{doing}: {message}")
     return GatewayError(_GRPC_KINDS.get(status, ErrorKind.BACKEND_ERROR), f"{doing}: {message}")
@@ -157,18 +159,28 @@ class TritonBackend:
         inputs = [_strings(contract.INPUT_QUERY, queries), _strings(contract.INPUT_DOCUMENT, documents)]
         if instruction is not None:
             inputs.append(_strings(contract.INPUT_INSTRUCTION, [instruction] * len(documents)))
-        parameters = {contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS: max_document_tokens} if max_document_tokens else None
+        # The send time lets the model's batch log tell how long the request waited.
+        parameters = {contract.REQUEST_PARAM_SENT_AT_NS: time.time_ns()}
+        if max_document_tokens:
+            parameters[contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS] = max_document_tokens
         started = time.perf_counter()
         try:
             result = await self._client.infer(
                 model,
                 inputs,
                 outputs=[InferRequestedOutput(name) for name in _OUTPUTS],
+                # The same deadline twice: the client stops waiting, and Triton drops the request
+                # if it is still queued then, instead of computing a result nobody reads.
                 client_timeout=self.request_timeout_s,
+                timeout=int(self.request_timeout_s * 1e6),
                 parameters=parameters,
             )
         except InferenceServerException as exc:
-            raise _translate(exc, f"scoring with {model}") from None
+            error = _translate(exc, f"scoring with {model}")
+            if error.kind is ErrorKind.BACKEND_TIMEOUT:
+                error.message = (f"scoring with {model} did not finish within the {self.request_timeout_s:g} s "
+                                 "limit (RERANKER_REQUEST_TIMEOUT_S); the request was dropped")
+            raise error from None
         round_trip = time.perf_counter() - started
         *arrays, compute_us = (result.as_numpy(name).reshape(-1) for name in _OUTPUTS)
         return ScoreOutputs(*arrays, compute_s=float(compute_us[0]) / 1e6, round_trip_s=round_trip)

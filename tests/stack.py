@@ -77,25 +77,29 @@ def start_triton(repository: Path, models_dir: Path, log: Path, ports: tuple[int
     return triton
 
 
-def start_gateway(triton_grpc_port: int, log: Path, model: str = "minilm-l6") -> Process:
+def start_gateway(triton_grpc_port: int, log: Path, model: str = "minilm-l6",
+                  env: dict[str, str] | None = None) -> Process:
+    """`reranker gateway`; `env` sets its other settings (RERANKER_REQUEST_TIMEOUT_S, ...)."""
     (port,) = free_ports(1)
     process = _start(
         ["gateway", "--host=127.0.0.1", f"--port={port}", f"--triton-url=127.0.0.1:{triton_grpc_port}",
          f"--model={model}"],
-        log,
+        log, env,
     )
     gateway = Process(process, log, {"http": port})
     wait_for(f"{gateway.url()}/health/ready", process, log)
     return gateway
 
 
-def start_serve(repository: Path, models_dir: Path, log: Path, model: str = "minilm-l6") -> Process:
+def start_serve(repository: Path, models_dir: Path, log: Path, model: str = "minilm-l6",
+                env: dict[str, str] | None = None) -> Process:
+    """`reranker serve`; `env` sets the gateway's other settings (RERANKER_MAX_CONCURRENT_REQUESTS, ...)."""
     port, http, grpc, metrics = free_ports(4)
     process = _start(
         ["serve", f"--model-repository={repository}", f"--models-dir={models_dir}", "--host=127.0.0.1",
          f"--port={port}", f"--model={model}", f"--triton-http-port={http}", f"--triton-grpc-port={grpc}",
          f"--triton-metrics-port={metrics}"],
-        log,
+        log, env,
     )
     serve = Process(process, log, {"http": port, "triton_http": http})
     wait_for(f"{serve.url()}/health/ready", process, log)

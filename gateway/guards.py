@@ -2,12 +2,14 @@
 no larger than the configured limit, checked on the declared length and on
 the bytes actually received (chunked bodies declare none); and scoring
 requests beyond the in-flight bound are turned away at once with 429 and
-Retry-After, before they queue up and time out."""
+Retry-After, before they queue up and time out. A POST that no route takes
+(a wrong path or method) is left to the router's 404 or 405."""
 
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ErrorKind, error_body
@@ -24,7 +26,7 @@ class RequestGuards:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or not _routed(scope):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
@@ -65,3 +67,11 @@ class RequestGuards:
         kind = ErrorKind.OVERLOADED if status == 429 else ErrorKind.INVALID_REQUEST
         body = error_body(kind, message, None if status == 429 else "body")
         await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether a route of the application takes this method on this path (without a router: assume so)."""
+    router = getattr(scope.get("app"), "router", None)
+    if router is None:
+        return True
+    return any(route.matches(scope)[0] is Match.FULL for route in router.routes)

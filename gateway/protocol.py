@@ -1,5 +1,9 @@
 """Request and response models of the gateway's HTTP API; the OpenAPI
-schema is generated from these."""
+schema is generated from these.
+
+Request models are strict: every value must have the JSON type the schema
+documents (pydantic's lax mode took 0 or "yes" for a boolean and true or "2"
+for an integer, which the schema says are invalid)."""
 
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ class RerankPairRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"query": "今天天气如何？", "document": "今天晴天适合外出游玩"}]},
     )
 
@@ -58,7 +63,7 @@ class RerankPairResponse(BaseModel):
 class RerankDocument(BaseModel):
     """A document as an object (Jina and Cohere v1 accept `{"text": ...}`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     text: Text
 
@@ -68,6 +73,7 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -164,6 +170,7 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"text_1": "What is the capital of France?",
                                          "text_2": ["Paris is the capital of France.", "Berlin is in Germany."]}]},
     )
@@ -215,7 +222,7 @@ class ScoreResponse(BaseModel):
 
 
 class SwitchModelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model_name": "bge"}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"model_name": "bge"}]})
 
     model_name: str = Field(
         min_length=1, description="An alias (bge, qwen4b, qwen8b, minilm) or a Triton model name."

@@ -1,1 +1,2 @@
-"""Benchmark and GPU-check tools (not imported by the service)."""
+"""Benchmarks, load reports and GPU checks. The service never imports them;
+`reranker report` imports bench.report when it runs."""

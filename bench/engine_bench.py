@@ -3,7 +3,7 @@ pairs/s, tokens/s and peak memory for requests of 1 query x N documents, and
 the largest score difference of the serving dtype against float32 on the same
 weights. Prints one JSON line per model.
 
-Workload (issue 6's): a 16-token query, documents of 64-256 tokens.
+Workload (issue 6's, from bench.workload): a 16-token query, documents of 64-256 tokens.
 
   python -m bench.engine_bench --models-dir /tmp/models --requests 20 --docs 100 \
       bge-reranker-base Qwen3-Reranker-4B
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.workload import generate
 from rerank_engine.engine import EngineConfig, load_scorer
 from rerank_engine.scoring import Pair
 
@@ -30,22 +30,16 @@ MODELS = {
     "Qwen3-Reranker-8B": ("qwen3_reranker", 8192),
     "all-MiniLM-L6-v2": ("bi_encoder", 256),
 }
-WORDS = ("river city model search light table paper music garden window market signal energy "
-         "history science travel health system water").split()
 
 
 def workload(requests: int, docs: int, seed: int = 0) -> list[list[Pair]]:
-    rng = random.Random(seed)
-    batches = []
-    for r in range(requests):
-        query = " ".join(rng.choice(WORDS) for _ in range(14)) + f" {r}?"
-        batches.append([Pair(query, " ".join(rng.choice(WORDS) for _ in range(rng.randint(64, 256))))
-                        for _ in range(docs)])
-    return batches
+    return [[Pair(r.query, d) for d in r.documents] for r in generate(requests, docs, seed)]
 
 
-def bench(folder: Path, kind: str, max_length: int, requests: list[list[Pair]], device: torch.device) -> dict:
-    config = EngineConfig(scorer=kind, weights_path=str(folder), max_length=max_length)
+def bench(folder: Path, kind: str, max_length: int, requests: list[list[Pair]], device: torch.device,
+          prefix_reuse: bool = True, max_batch_tokens: int = 32768, reference: bool = True) -> dict:
+    config = EngineConfig(scorer=kind, weights_path=str(folder), max_length=max_length, prefix_reuse=prefix_reuse,
+                          max_batch_tokens=max_batch_tokens)
     started = time.perf_counter()
     scorer = load_scorer(config, device)
     load_s = time.perf_counter() - started
@@ -66,6 +60,8 @@ def bench(folder: Path, kind: str, max_length: int, requests: list[list[Pair]], 
         "model": folder.name,
         "weights": "random (real architecture and size)",
         "dtype": str(config.torch_dtype(device)),
+        **({"prefix_reuse": prefix_reuse} if kind == "qwen3_reranker" else {}),
+        "max_batch_tokens": max_batch_tokens,
         "load_s": round(load_s, 1),
         "pairs_per_s": round(pairs_total / elapsed, 1),
         "tokens_per_s": round(tokens / elapsed),
@@ -74,6 +70,8 @@ def bench(folder: Path, kind: str, max_length: int, requests: list[list[Pair]], 
     }
     del scorer
     torch.cuda.empty_cache()
+    if not reference:
+        return result
     reference = load_scorer(EngineConfig(scorer=kind, weights_path=str(folder), max_length=max_length,
                                          dtype="float32"), device)
     expected = reference.score(requests[0]).score
@@ -90,12 +88,23 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--docs", type=int, default=100)
+    parser.add_argument("--no-prefix-reuse", action="store_true",
+                        help="Qwen3: run every pair's whole prompt (the before of prefix reuse)")
+    parser.add_argument("--both-prefix-modes", action="store_true", help="Qwen3: measure with and without reuse")
+    parser.add_argument("--max-batch-tokens", type=int, nargs="+", default=[32768],
+                        help="the engine's micro-batch token budget; several values are measured in turn")
+    parser.add_argument("--no-reference", action="store_true", help="skip the fp32 score comparison")
     args = parser.parse_args()
     requests = workload(args.requests, args.docs)
     device = torch.device("cuda", 0)
+    modes = (True, False) if args.both_prefix_modes else (not args.no_prefix_reuse,)
     for name in args.names:
         kind, max_length = MODELS[name]
-        print(json.dumps(bench(args.models_dir / name, kind, max_length, requests, device)), flush=True)
+        for budget in args.max_batch_tokens:
+            for reuse in modes if kind == "qwen3_reranker" else (True,):
+                result = bench(args.models_dir / name, kind, max_length, requests, device, reuse, budget,
+                               not args.no_reference)
+                print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
+from bench.models import RANDOM_WEIGHTS_MARKER
+
 
 def _qwen3(hidden: int, intermediate: int, tie: bool) -> Qwen3Config:
     return Qwen3Config(
@@ -56,6 +58,10 @@ def build(name: str, models_dir: Path, tokenizers: Path, device: str, dtype: tor
     model.save_pretrained(target)
     for file in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizers / tokenizer / file, target / file)
+    (target / RANDOM_WEIGHTS_MARKER).write_text(
+        f"Random weights of the real {name} architecture and size, real tokenizer (bench.random_models): "
+        "for speed measurements only, the scores are meaningless.\n"
+    )
     del model
     return target
 

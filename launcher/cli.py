@@ -6,6 +6,7 @@
   reranker weights   put a model's weights into the models folder
   reranker rerank    rerank a file of documents against a query, through a running gateway
   reranker eval      nDCG@10 / MRR@10 of a running gateway on a labelled JSONL file
+  reranker report    markdown and PNG plots of a locust run or a bench.rerank_bench run
 
 Every flag has an environment variable (shown in --help); flags win.
 """
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--top-n", type=int)
     evaluate = modes.add_parser("eval", help="ranking quality of the running service on labelled data")
     evaluate.add_argument("--data", type=Path, required=True, help="JSONL of {query, documents, labels}")
+    load_report = modes.add_parser("report", help="markdown and PNG plots of a locust or rerank_bench run")
+    load_report.add_argument(
+        "run", type=Path, help="locust CSV prefix (or its _stats.csv), a rerank_bench JSON, or a folder with one run"
+    )
+    load_report.add_argument("--out", type=Path, help="folder for the report (default: beside the run)")
     for client_mode in (rerank, evaluate):
         client_mode.add_argument("--url", default="http://localhost:8000", help="the gateway")
         client_mode.add_argument("--model", dest="model", help="a loaded model; default: the active one")
@@ -78,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The client modes print JSON on stdout; only the servers narrate what they do.
-    level = logging.WARNING if args.mode in ("rerank", "eval") else logging.INFO
+    level = logging.WARNING if args.mode in ("rerank", "eval", "report") else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.mode == "weights":
         from launcher.weights import fetch_weights
@@ -88,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.mode in ("rerank", "eval"):
         return _client_mode(args)
+    if args.mode == "report":
+        try:
+            from bench.report import run
+        except ImportError as exc:  # the gateway image installs the service packages only
+            raise SystemExit(f"reranker report needs the repository's bench/ package ({exc}); "
+                             "run it from a clone installed with pip install -e .") from None
+        return run(args.run, args.out)
     if args.mode == "gateway":
         return _run_gateway(GatewaySettings(**_given(args, GatewaySettings)))
     triton = TritonSettings(**_given(args, TritonSettings))

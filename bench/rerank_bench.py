@@ -1,0 +1,344 @@
+"""Issue 6's benchmark: each model measured three ways side by side, in one run,
+on the same workload and the same closed-loop clients:
+
+  (a) seed-style baseline: the seed's scoring in plain transformers (fp32,
+      8-pair batches in arrival order, Qwen3's full-vocabulary logits), in
+      this process (bench.baseline);
+  (b) engine direct: rerank_engine's load_scorer + scorer.score in this
+      process, behind a batcher that does what the gateway's fan-out and
+      Triton's dynamic batcher do (bench.inprocess);
+  (c) end to end: HTTP /v1/rerank through the gateway and Triton, started
+      here with `reranker serve` or already running at --gateway-url (bench.e2e).
+
+For each model and way: load time, peak GPU memory, and per concurrency level
+requests, pairs/s, tokens/s and latency p50/p90/p99; a single-pair latency
+level at concurrency 1; and (c)/(b) at the top concurrency (issue 6's goal:
+gateway + Triton cost <= 10% of the engine's throughput at saturation).
+Writes rerank_bench.json, rerank_bench.md and PNG plots (bench.report) into --out.
+
+  python -m bench.random_models --models-dir /tmp/models --tokenizers ../shared/data/tokenizers bge-reranker-base
+  python -m bench.rerank_bench --models-dir /tmp/models bge-reranker-base --out /tmp/bench
+  python -m bench.rerank_bench --ways c --gateway-url http://localhost:8000 bge   # a running gateway only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import report
+from bench.inprocess import Batcher, request_sender
+from bench.loadgen import run_threads
+from bench.models import MODEL_REPOSITORY, RANDOM_WEIGHTS_MARKER, REPO_ROOT, ModelSpec, resolve
+from bench.workload import QUERY_WORDS, Request, describe, generate
+
+SCHEMA = "rerank_bench/1"
+DEFAULT_TOKENIZERS = REPO_ROOT.parent / "shared" / "data" / "tokenizers"
+
+
+@dataclass
+class Settings:
+    concurrency: list[int]
+    duration_s: float
+    requests: int | None
+    warmup: int
+    single_pair_requests: int
+    bin_s: float
+    request_timeout_s: float
+    stack_timeout_s: float
+    gateway_url: str | None
+    model_repository: Path
+    models_dir: Path
+
+
+def log(message: str) -> None:
+    print(f"[rerank_bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) and (b): in this process
+
+
+def _pairs(requests: list[Request]) -> list[list[tuple[str, str]]]:
+    return [[(r.query, d) for d in r.documents] for r in requests]
+
+
+def run_inprocess(way: str, spec: ModelSpec, folder: Path, pool: list[Request], singles: list[Request],
+                  settings: Settings, device_name: str, engine_params: dict[str, str]) -> dict:
+    import torch
+
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    if way == "a":
+        from bench.baseline import SEED_BATCH_PAIRS, SEED_BATCH_WINDOW_S, SeedStyleScorer
+
+        # torch's default, as the seed ran; the engine's load_scorer turns cuDNN attention off process-wide.
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        scorer = SeedStyleScorer(folder, spec.scorer, spec.max_length, device)
+
+        def score(pairs):
+            return scorer.score(pairs)[1]
+
+        dtype, chunk, max_pairs, delay_s = "float32", 1, SEED_BATCH_PAIRS, SEED_BATCH_WINDOW_S
+        policy = {"chunk_pairs": 1, "max_batch_pairs": SEED_BATCH_PAIRS, "window_s": SEED_BATCH_WINDOW_S}
+    else:
+        from rerank_engine.engine import EngineConfig, load_scorer
+        from rerank_engine.scoring import Pair
+
+        # As model_repository/reranker_model.py builds it, from the same config.pbtxt parameters.
+        config = EngineConfig.from_parameters({**spec.parameters, **engine_params})
+        config = dataclasses.replace(config, weights_path=str(folder))
+        scorer = load_scorer(config, device)
+
+        def score(pairs):
+            return scorer.score([Pair(q, d) for q, d in pairs]).num_tokens.tolist()
+
+        dtype = str(config.torch_dtype(device)).removeprefix("torch.")
+        chunk = max_pairs = spec.max_batch_size
+        delay_s = spec.max_queue_delay_us / 1e6
+        policy = {"chunk_pairs": chunk, "max_batch_pairs": max_pairs, "window_s": delay_s,
+                  "engine_params": engine_params or None}
+    if cuda:
+        torch.cuda.synchronize(device)
+    load_s = time.perf_counter() - started
+    log(f"({way}) {spec.name}: loaded in {load_s:.1f} s as {dtype} on {device}")
+    batcher = Batcher(score, max_pairs, delay_s)
+    try:
+        send = request_sender(batcher, _pairs(pool), chunk)
+        for number in range(settings.warmup):
+            send(number)
+        levels = []
+        for concurrency in settings.concurrency:
+            levels.append(run_threads(send, concurrency, settings.duration_s, settings.requests, settings.bin_s))
+            log(f"({way}) {spec.name} c={concurrency}: {_brief(levels[-1])}")
+        result = {"load_s": round(load_s, 2), "dtype": dtype, "device": str(device), "batching": policy,
+                  "levels": levels}
+        if singles:
+            result["single_pair"] = run_threads(request_sender(batcher, _pairs(singles), chunk), 1,
+                                                settings.duration_s, settings.single_pair_requests, settings.bin_s)
+        result["batches"] = len(batcher.batch_sizes)
+        result["mean_batch_pairs"] = round(sum(batcher.batch_sizes) / max(len(batcher.batch_sizes), 1), 2)
+        if cuda:
+            result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+            result["peak_gpu_mib_note"] = "torch.cuda.max_memory_allocated from before loading to the end"
+        return result
+    finally:
+        batcher.close()
+        scorer = None  # the model's memory goes back before the next way loads
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def _brief(level: dict) -> str:
+    return (f"{level['requests']} requests, {level['failures']} failed, {level['pairs_per_s']} pairs/s, "
+            f"p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and environment
+
+
+def weights_label(folder: Path, random_weights: bool, override: str | None) -> str:
+    if override:
+        return override
+    if random_weights or (folder / RANDOM_WEIGHTS_MARKER).exists():
+        return "random weights of the real architecture and size, real tokenizer (bench.random_models): speed only"
+    return f"real weights ({folder}; no bench.random_models marker)"
+
+
+def environment(device_name: str | None) -> dict:
+    env = {"python": platform.python_version(), "host": platform.node(), "cpus": os.cpu_count(), "device": "cpu"}
+    try:
+        import torch
+        import transformers
+
+        env["torch"], env["transformers"] = torch.__version__, transformers.__version__
+        if device_name and device_name.startswith("cuda") and torch.cuda.is_available():
+            env["device"] = torch.cuda.get_device_name(torch.device(device_name))
+    except ImportError:
+        import shutil
+        import subprocess
+
+        if shutil.which("nvidia-smi"):
+            env["device"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"],
+                                           capture_output=True, text=True).stdout.strip() or "n/a"
+    return env
+
+
+def _default_device() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _has_gpu() -> bool:
+    """Whether Triton's KIND_AUTO will place models on a GPU here (torch may be absent for a (c)-only run)."""
+    import shutil
+
+    try:
+        import torch
+    except ImportError:
+        return shutil.which("nvidia-smi") is not None
+    return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("models", nargs="+", help="Triton names, aliases (bge, qwen4b, ...) or weights folders")
+    parser.add_argument("--ways", nargs="+", choices=("a", "b", "c"), default=["a", "b", "c"])
+    parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("RERANKER_MODELS_DIR", "models")))
+    parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build random-weight models of the real architectures into --models-dir first "
+                             "(bench.random_models; kept if already there) and label the results so")
+    parser.add_argument("--tokenizers", type=Path, default=DEFAULT_TOKENIZERS, help="for --random-weights")
+    parser.add_argument("--weights-label", help="label for the weights in the output (default: detected)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--baseline-concurrency", type=int, nargs="+",
+                        help="levels for (a) only, which is slow on large models (default: --concurrency); "
+                             "(b)/(a) is then compared at the highest level both ran")
+    parser.add_argument("--docs", type=int, default=100, help="documents per request")
+    parser.add_argument("--doc-tokens", type=int, nargs=2, default=(64, 256), metavar=("MIN", "MAX"))
+    parser.add_argument("--pool", type=int, default=64, help="distinct requests, sent round robin")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds of each level (each client's first request is always sent)")
+    parser.add_argument("--requests", type=int, help="requests per level instead of a duration")
+    parser.add_argument("--warmup", type=int, default=2, help="requests sent one by one before the levels")
+    parser.add_argument("--single-pair-requests", type=int, default=50,
+                        help="requests of 1 query x 1 document at concurrency 1 (0: skip)")
+    parser.add_argument("--bin", type=float, default=1.0, help="seconds per point of the timelines")
+    parser.add_argument("--device", default=None, help="for (a) and (b): cuda:0 where there is a GPU, else cpu")
+    parser.add_argument("--engine-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config.pbtxt parameter for (b) only (e.g. prefix_reuse=false)")
+    parser.add_argument("--gateway-url", help="for (c): a running gateway instead of starting reranker serve")
+    parser.add_argument("--request-timeout", type=float, default=600.0)
+    parser.add_argument("--stack-timeout", type=float, default=900.0, help="start-up and model switch deadline")
+    parser.add_argument("--out", type=Path, help="default: bench_results/rerank-<UTC time>")
+    args = parser.parse_args(argv)
+    if min(args.concurrency + (args.baseline_concurrency or [])) < 1 or args.docs < 1 or args.pool < 1:
+        parser.error("--concurrency, --docs and --pool must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started_at = datetime.now(timezone.utc)
+    out = args.out or Path("bench_results") / f"rerank-{started_at:%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
+    specs = [resolve(name, args.model_repository) for name in args.models]
+    device = args.device or (_default_device() if {"a", "b"} & set(args.ways) else None)
+    engine_params = dict(item.split("=", 1) for item in args.engine_param)
+    if args.random_weights:
+        import torch
+
+        from bench.random_models import ARCHITECTURES, build
+
+        for spec in specs:
+            if spec.folder not in ARCHITECTURES:
+                raise SystemExit(f"no random-weight architecture for {spec.folder}; give it real weights")
+            log(f"building random weights for {spec.folder} (kept if already built)")
+            build(spec.folder, args.models_dir, args.tokenizers,
+                  "cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16)
+    settings = Settings(
+        concurrency=sorted(set(args.concurrency)), duration_s=args.duration, requests=args.requests,
+        warmup=args.warmup, single_pair_requests=args.single_pair_requests, bin_s=args.bin,
+        request_timeout_s=args.request_timeout, stack_timeout_s=args.stack_timeout, gateway_url=args.gateway_url,
+        model_repository=args.model_repository, models_dir=args.models_dir,
+    )
+    baseline_settings = dataclasses.replace(settings, concurrency=sorted(set(args.baseline_concurrency
+                                                                             or args.concurrency)))
+    doc_words = tuple(args.doc_tokens)
+    pool = generate(args.pool, args.docs, args.seed, doc_words)
+    # A few distinct single pairs (none for --single-pair-requests 0), sent round robin like the pool.
+    singles = generate(min(args.single_pair_requests, 16), 1, args.seed + 1, doc_words)
+    on_gpu = _has_gpu()
+    labels = {spec.name: weights_label(spec.weights_dir(args.models_dir), args.random_weights, args.weights_label)
+              for spec in specs}
+    level_rule = (f"{args.requests} requests per level" if args.requests else
+                  f"{args.duration:g} s per level, each client's first request always sent")
+    data = {
+        "schema": SCHEMA,
+        "started": started_at.isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.rerank_bench", *(argv if argv is not None else sys.argv[1:])]),
+        "environment": environment(device),
+        "weights": labels[specs[0].name] if len(set(labels.values())) == 1 else "see each model",
+        "settings": {
+            "ways": args.ways, "concurrency": settings.concurrency,
+            "baseline_concurrency": baseline_settings.concurrency, "docs": args.docs, "doc_tokens": list(doc_words),
+            "query_tokens": QUERY_WORDS + 2, "pool": args.pool, "seed": args.seed, "duration_s": args.duration,
+            "requests": args.requests, "warmup": args.warmup, "single_pair_requests": args.single_pair_requests,
+            "device": device, "gateway_url": args.gateway_url, "workload": describe(args.docs, doc_words),
+            "level_rule": level_rule,
+        },
+        "ways": {
+            way: text for way, text in {
+                "a": "the seed's recipe in plain transformers, fp32; single pairs queued, at most 8 per forward pass "
+                     "in arrival order (no length sorting), padded per batch; Qwen3 reads the full-vocabulary "
+                     "logits; C client threads in this process",
+                "b": "rerank_engine (load_scorer + score) in this process, dtype as config.pbtxt says; requests cut "
+                     "into chunks of max_batch_size pairs and merged by one worker into batches of at most "
+                     "max_batch_size pairs within max_queue_delay (the gateway's fan-out and Triton's dynamic "
+                     "batcher, emulated); C client threads",
+                "c": "HTTP POST /v1/rerank through the gateway and Triton "
+                     + (f"at {args.gateway_url}" if args.gateway_url else "(reranker serve started here)")
+                     + "; C asyncio clients (httpx), latency measured at the client",
+            }.items() if way in args.ways
+        },
+        "models": [
+            {"model": spec.name, "folder": spec.folder, "scorer": spec.scorer, "weights": labels[spec.name],
+             "max_batch_size": spec.max_batch_size, "ways": {}}
+            for spec in specs
+        ],
+    }
+    entries = {entry["model"]: entry for entry in data["models"]}
+    for spec in specs:
+        for way in [w for w in ("a", "b") if w in args.ways]:
+            try:
+                entries[spec.name]["ways"][way] = run_inprocess(
+                    way, spec, spec.weights_dir(args.models_dir), pool, singles,
+                    baseline_settings if way == "a" else settings, device, engine_params if way == "b" else {})
+            except Exception as exc:  # one way's failure (out of memory, say) must not lose the rest
+                log(f"({way}) {spec.name} failed: {exc!r}")
+                entries[spec.name]["ways"][way] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    if "c" in args.ways:
+        from bench import e2e
+
+        for name, result in e2e.run(specs, pool, singles, settings, out, progress=log).items():
+            result.setdefault("dtype", next(s for s in specs if s.name == name).serving_dtype(on_gpu))
+            entries[name]["ways"]["c"] = result
+    for entry in data["models"]:
+        entry["comparisons"] = report.comparisons(entry)
+    data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path = out / "rerank_bench.json"
+    path.write_text(json.dumps(data, indent=1))
+    written = [path, *report.render_bench(data, out, "rerank_bench")]
+    for file in written:
+        print(file)
+    return data
+
+
+if __name__ == "__main__":
+    main()

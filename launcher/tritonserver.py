@@ -19,7 +19,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import rerank_engine
 from rerank_engine.contract import MODELS_DIR_ENV
 
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -66,8 +65,9 @@ def _from_pytriton_wheel() -> TritonInstall:
 
 
 def _require_numpy_1() -> None:
-    """nvidia-pytriton 0.7.0 declares numpy<2 (its python backend predates numpy 2's
-    ABI); refuse to start rather than serve from an environment it does not support."""
+    """nvidia-pytriton 0.7.0 declares numpy<2, and means it: under numpy 2 its stub hands the
+    model every input tensor as copies of the tensor's first byte (seen on an H100 machine:
+    a 29-byte string arrived as 1D 1D 1D 1D ...). Refuse to start rather than serve garbage."""
     numpy_version = importlib.metadata.version("numpy")
     if int(numpy_version.split(".")[0]) >= 2:
         raise TritonNotFound(
@@ -131,16 +131,14 @@ def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
 def triton_environment(install: TritonInstall, options: TritonOptions, base: dict[str, str]) -> dict[str, str]:
     """The server's environment; the python backend stubs inherit it.
 
-    The stub embeds libpython and finds its prefix through `python3` on PATH, so
-    this interpreter's bin directory goes first: the models then see this
-    environment's packages. The engine's source root is added to PYTHONPATH
-    for installs that the stub's site handling would miss.
+    The stub embeds libpython and takes its prefix, and so its site-packages,
+    from `python3` on PATH; it ignores PYTHONPATH. This interpreter's bin
+    directory goes first, so the models import this environment's packages
+    (and its numpy, which must be numpy<2).
     """
     env = dict(base)
     env[MODELS_DIR_ENV] = str(options.models_dir)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    engine_root = str(Path(rerank_engine.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (engine_root, env.get("PYTHONPATH", "")) if p)
     library_path = [*install.library_path]
     # The wheel's stub needs this Python's libpython. A system folder is left out: the loader
     # searches it anyway, and listing it first would shadow CUDA compat libraries in NVIDIA's image.

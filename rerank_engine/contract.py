@@ -36,6 +36,8 @@ PARAM_MAX_BATCH_TOKENS = "max_batch_tokens"
 PARAM_WEIGHTS_HINT = "weights_hint"
 PARAM_BATCH_LOG = "batch_log"
 """`info` (default), `verbose` (only with tritonserver --log-verbose) or `off`: the per-batch JSON log line."""
+PARAM_CUDA_GRAPHS = "cuda_graphs"
+"""`true` or `false` (the default): replay each micro-batch shape from a captured CUDA graph (GPU only)."""
 PARAM_PREFIX_REUSE = "prefix_reuse"
 """`true` (the default) or `false`, qwen3_reranker only: run the prompt head shared by a query's documents once."""
 

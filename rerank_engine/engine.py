@@ -33,6 +33,7 @@ class EngineConfig:
     max_batch_size: int = 256
     weights_hint: str = ""
     prefix_reuse: bool = True  # Qwen3 only: run each query's shared prompt head once
+    cuda_graphs: bool = False  # GPU only: replay micro-batches from captured CUDA graphs
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256) -> "EngineConfig":
@@ -47,6 +48,12 @@ class EngineConfig:
                 raise ValueError(f"config.pbtxt parameter '{key}' must be a positive integer, got {raw!r}")
             return int(raw)
 
+        def flag(key: str, default: str) -> bool:
+            value = params.get(key) or default
+            if value not in ("true", "false"):
+                raise ValueError(f"config.pbtxt parameter '{key}' must be true or false, got {value!r}")
+            return value == "true"
+
         scorer = need(contract.PARAM_SCORER)
         if scorer not in SCORER_KINDS:
             raise ValueError(f"unknown scorer {scorer!r}; expected one of {', '.join(SCORER_KINDS)}")
@@ -54,11 +61,7 @@ class EngineConfig:
         if dtype != "auto" and dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
         max_length = positive_int(contract.PARAM_MAX_LENGTH, 512)
-        prefix_reuse = params.get(contract.PARAM_PREFIX_REUSE) or "true"
-        if prefix_reuse not in ("true", "false"):
-            raise ValueError(
-                f"config.pbtxt parameter '{contract.PARAM_PREFIX_REUSE}' must be true or false, got {prefix_reuse!r}"
-            )
+        prefix_reuse = flag(contract.PARAM_PREFIX_REUSE, "true")
         if contract.PARAM_PREFIX_REUSE in params and scorer != contract.SCORER_QWEN3:
             # Refused rather than ignored: a benchmark comparing on/off must not silently compare a model with itself.
             raise ValueError(
@@ -72,7 +75,8 @@ class EngineConfig:
             max_batch_tokens=max(positive_int(contract.PARAM_MAX_BATCH_TOKENS, 16384), max_length),
             max_batch_size=max_batch_size,
             weights_hint=params.get(contract.PARAM_WEIGHTS_HINT, ""),
-            prefix_reuse=prefix_reuse == "true",
+            prefix_reuse=prefix_reuse,
+            cuda_graphs=flag(contract.PARAM_CUDA_GRAPHS, "false"),
         )
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
@@ -134,5 +138,12 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         max_batch_size=config.max_batch_size,
         **options,
     )
+    if config.cuda_graphs:
+        if device.type == "cuda":
+            from rerank_engine.cuda_graphs import GraphedForward
+
+            scorer.forward = GraphedForward(scorer.forward, scorer.pad_id, device, config.max_batch_tokens)
+        else:
+            log.info("cuda_graphs is on, but %s is not a CUDA device: running eagerly", device)
     scorer.score([Pair("warm-up query", "warm-up document")])
     return scorer

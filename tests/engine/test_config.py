@@ -34,6 +34,7 @@ QWEN = {"scorer": "qwen3_reranker", "weights_path": "models/Qwen3-Reranker-4B"}
         ({**QWEN, "prefix_reuse": "no"}, r"'prefix_reuse' must be true or false, got 'no'"),
         ({**QWEN, "prefix_reuse": "True"}, r"'prefix_reuse' must be true or false"),
         ({**BASE, "prefix_reuse": "false"}, r"'prefix_reuse' applies to qwen3_reranker only"),
+        ({**BASE, "cuda_graphs": "on"}, r"'cuda_graphs' must be true or false, got 'on'"),
     ],
 )
 def test_invalid_parameters_are_refused_with_the_reason(params, message):

@@ -1,0 +1,217 @@
+"""Where one engine call's time goes on a GPU, for the limits part of issue 6.
+
+For each model, on issue 6's workload (1 query x N documents per request):
+
+- phases: tokenizing (`encode`) against the forward passes (`infer`, synced),
+  per request and for a single pair;
+- GPU busy: the summed CUDA kernel time under torch.profiler against the wall
+  time of the same calls (well under 1 means the GPU waits on the host), and
+  the top kernels/ops by GPU time, written to `<out>/<model>_ops.txt`;
+- the micro-batch token budget (`max_batch_tokens`), each value in turn;
+- two scorers (two model copies) fed by two threads, a proxy for Triton's
+  `instance_group { count: 2 }`, against one;
+- optionally, CUDA graph replay (`--cuda-graphs`, rerank_engine.cuda_graphs)
+  with its largest score change against the eager forward, and
+  `torch.compile` of the model's forward (`--compile`).
+
+Prints one JSON line per model and writes `<out>/profile.json`.
+
+  python -m bench.profile_engine --models-dir /tmp/models bge-reranker-base --out /tmp/profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from bench.engine_bench import MODELS, workload
+from rerank_engine.engine import EngineConfig, load_scorer
+from rerank_engine.scoring import Pair, Scorer
+
+
+ACTIVITIES = {"cuda": [ProfilerActivity.CPU, ProfilerActivity.CUDA], "cpu": [ProfilerActivity.CPU]}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_call(scorer: Scorer, pairs: list[Pair], device: torch.device) -> tuple[float, float]:
+    """(encode ms, infer ms) of one scoring call, synced."""
+    started = time.perf_counter()
+    encoded = scorer.encode(pairs)
+    encoded_at = time.perf_counter()
+    scorer.infer(encoded)
+    sync(device)
+    return 1000 * (encoded_at - started), 1000 * (time.perf_counter() - encoded_at)
+
+
+def phases(scorer: Scorer, requests: list[list[Pair]], device: torch.device) -> dict:
+    calls = [timed_call(scorer, pairs, device) for pairs in requests]
+    single = [timed_call(scorer, pairs[:1], device) for pairs in requests * 3]
+    run = scorer.last_run
+    return {
+        "request_encode_ms": round(statistics.median(c[0] for c in calls), 2),
+        "request_infer_ms": round(statistics.median(c[1] for c in calls), 2),
+        "single_pair_encode_ms": round(statistics.median(c[0] for c in single), 3),
+        "single_pair_infer_ms": round(statistics.median(c[1] for c in single), 2),
+        "micro_batches_last_request": run.micro_batches if run else None,
+    }
+
+
+def gpu_busy(scorer: Scorer, requests: list[list[Pair]], device: torch.device, table: Path) -> dict:
+    """Kernel time over wall time, for whole requests and for single pairs."""
+    result = {}
+    for label, batches in (("request", requests[:3]), ("single_pair", [r[:1] for r in requests[:10]])):
+        sync(device)
+        with profile(activities=ACTIVITIES[device.type]) as prof:
+            started = time.perf_counter()
+            for pairs in batches:
+                scorer.score(pairs)
+            sync(device)
+            wall = time.perf_counter() - started
+        averages = prof.key_averages()
+        # Kernels only: an op's own row repeats the time of the kernels it launched.
+        kernel_us = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA)
+        result[f"{label}_wall_ms"] = round(1000 * wall / len(batches), 2)
+        result[f"{label}_gpu_kernel_ms"] = round(kernel_us / 1000 / len(batches), 2)
+        result[f"{label}_gpu_busy"] = round(kernel_us / 1e6 / wall, 3)
+        sort_key = "self_cpu_time_total" if device.type == "cpu" else "self_device_time_total"
+        with table.open("a") as out:
+            out.write(f"== {label}: {len(batches)} calls, {wall * 1000:.1f} ms wall ==\n")
+            out.write(averages.table(sort_by=sort_key, row_limit=18) + "\n")
+    return result
+
+
+def throughput(scorers: list[Scorer], requests: list[list[Pair]], device: torch.device) -> float:
+    """Pairs/s with one thread per scorer, the threads sharing the requests."""
+    cursor = iter(range(len(requests) * 2))
+    lock = threading.Lock()
+    done = [0]
+
+    def worker(scorer: Scorer) -> None:
+        while True:
+            with lock:
+                index = next(cursor, None)
+            if index is None:
+                return
+            scorer.score(requests[index % len(requests)])
+            with lock:
+                done[0] += len(requests[index % len(requests)])
+
+    for scorer in scorers:  # new shapes grow the allocator's pools: not part of the measurement
+        for pairs in requests:
+            scorer.score(pairs)
+    sync(device)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(s,)) for s in scorers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sync(device)
+    return round(done[0] / (time.perf_counter() - started), 1)
+
+
+def with_cuda_graphs(scorer: Scorer, requests: list[list[Pair]], device: torch.device, table: Path) -> dict:
+    """The same scorer with its forward replayed from CUDA graphs: capture cost, speed, and score changes."""
+    from rerank_engine.cuda_graphs import GraphedForward
+
+    eager = [scorer.score(pairs).score for pairs in requests[:2]] + [scorer.score(r[:1]).score for r in requests]
+    graphed = GraphedForward(scorer.forward, scorer.pad_id, device, scorer.max_batch_tokens)
+    scorer.forward = graphed
+    started = time.perf_counter()
+    replayed = [scorer.score(pairs).score for pairs in requests[:2]] + [scorer.score(r[:1]).score for r in requests]
+    sync(device)
+    result = {
+        "graphs_first_pass_s": round(time.perf_counter() - started, 2),
+        "graphs_max_abs_diff_vs_eager": float(max(abs(a - b).max() for a, b in zip(eager, replayed))),
+    }
+    result["graphs_pairs_per_s"] = throughput([scorer], requests, device)
+    result.update({f"graphs_{k}": v for k, v in phases(scorer, requests, device).items() if "infer" in k})
+    result.update({f"graphs_{k}": v for k, v in gpu_busy(scorer, requests, device, table).items()})
+    result["graphs_captured"] = len(graphed.graphs)
+    result["graphs_disabled"] = graphed.disabled
+    return result
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    kind, max_length = MODELS[name]
+    config = EngineConfig(scorer=kind, weights_path=str(args.models_dir / name), max_length=max_length)
+    scorer = load_scorer(config, device)
+    requests = workload(args.requests, args.docs)
+    scorer.score(requests[0])
+    sync(device)
+    result = {"model": name, "weights": "random (real architecture and size)", "device": device_name(device),
+              "docs_per_request": args.docs, "dtype": str(config.torch_dtype(device))}
+    result.update(phases(scorer, requests, device))
+    result.update(gpu_busy(scorer, requests, device, args.out / f"{name}_ops.txt"))
+    default_budget = scorer.max_batch_tokens
+    for budget in args.budgets:
+        scorer.max_batch_tokens = budget
+        result[f"pairs_per_s_budget_{budget}"] = throughput([scorer], requests, device)
+    scorer.max_batch_tokens = default_budget
+    if args.threads > 1:
+        result["pairs_per_s_1_thread"] = throughput([scorer], requests, device)
+        copies = [scorer] + [load_scorer(config, device) for _ in range(args.threads - 1)]
+        for copy in copies[1:]:
+            copy.score(requests[0])
+        result[f"pairs_per_s_{args.threads}_threads_{args.threads}_copies"] = throughput(copies, requests, device)
+        del copies
+    if args.cuda_graphs:
+        result.update(with_cuda_graphs(scorer, requests, device, args.out / f"{name}_graphs_ops.txt"))
+    if args.compile:
+        started = time.perf_counter()
+        # The module the scorer calls: Qwen3's decoder (the LM head is never run whole), else the model.
+        network = getattr(scorer.model, "model", scorer.model)
+        network.forward = torch.compile(network.forward, dynamic=True)
+        scorer.score(requests[0])
+        scorer.score(requests[0][:1])
+        result["compile_s"] = round(time.perf_counter() - started, 1)
+        result["compiled_pairs_per_s"] = throughput([scorer], requests, device)
+        single = [timed_call(scorer, pairs[:1], device) for pairs in requests * 3]
+        result["compiled_single_pair_infer_ms"] = round(statistics.median(c[1] for c in single), 2)
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        torch.cuda.empty_cache()
+    del scorer
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="+", choices=sorted(MODELS))
+    parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--docs", type=int, default=100)
+    parser.add_argument("--budgets", type=int, nargs="*", default=[32768, 8192, 4096])
+    parser.add_argument("--threads", type=int, default=2, help="scorer copies fed in parallel (1: skip)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="also measure CUDA graph replay (GPU only)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the forward")
+    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("bench_results/profile"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    results = []
+    for name in args.names:
+        results.append(profile_model(name, args, device))
+        print(json.dumps(results[-1]), flush=True)
+        (args.out / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

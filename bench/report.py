@@ -305,10 +305,49 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+TIMING = "timing"
+"""locustfiles/common.py's request type for the timing headers: rows of their own, which locust's
+`Aggregated` counts as requests too."""
+
+
+def request_rows(history: list[dict]) -> list[dict]:
+    """One row per timestamp for the real requests, in time order.
+
+    Locust's `Aggregated` row also counts the timing-header rows (three per
+    request). Where the endpoint rows are there (--csv-full-history), the
+    request rows are summed instead: counts and rates add up, the mean is
+    weighted by count, and a percentile is the highest of the endpoints'.
+    """
+    if not any(row["Type"] == TIMING for row in history):
+        return sorted((r for r in history if r["Name"] == "Aggregated"), key=lambda r: int(r["Timestamp"]))
+    rows = []
+    for timestamp, group in groupby(sorted(history, key=lambda r: int(r["Timestamp"])), key=lambda r: r["Timestamp"]):
+        group = list(group)
+        endpoints = [r for r in group if r["Name"] != "Aggregated" and r["Type"] != TIMING]
+        row = dict(next(r for r in group if r["Name"] == "Aggregated"))
+        if endpoints:
+            count = sum(int(r["Total Request Count"]) for r in endpoints)
+            row["Total Request Count"] = str(count)
+            row["Total Failure Count"] = str(sum(int(r["Total Failure Count"]) for r in endpoints))
+            row["Total Average Response Time"] = str(sum(
+                float(r["Total Average Response Time"]) * int(r["Total Request Count"]) for r in endpoints
+            ) / count if count else 0.0)
+            for column in ("Requests/s", "Failures/s"):
+                row[column] = str(sum(_number(r[column]) or 0.0 for r in endpoints))
+            for column in [c for c in row if c.endswith("%")]:
+                values = [v for v in (_number(r[column]) for r in endpoints) if v is not None]
+                row[column] = str(max(values)) if values else "N/A"
+        else:  # no request yet at this timestamp
+            for column in ("Total Request Count", "Total Failure Count"):
+                row[column] = "0"
+        rows.append(row)
+    return rows
+
+
 def locust_levels(history: list[dict]) -> tuple[list[dict], bool]:
     """Per run of rows at one user count: (levels, percentiles_are_windowed)."""
     windowed = any(row["Name"] != "Aggregated" for row in history)  # --csv-full-history writes endpoint rows
-    rows = sorted((r for r in history if r["Name"] == "Aggregated"), key=lambda r: int(r["Timestamp"]))
+    rows = request_rows(history)
     levels, previous = [], None
     for users, group in groupby(rows, key=lambda r: int(r["User Count"])):
         group = list(group)
@@ -373,6 +412,9 @@ def locust_markdown(prefix: Path, stats: list[dict], history: list[dict], plots:
         lines += ["## By user count", "",
                   ("req/s and mean latency are exact, from the cumulative totals at the ends of the levels; "
                    f"p50 and p99 are locust's, {kind}."), ""]
+        if not windowed and any(row["Type"] == TIMING for row in stats):
+            lines += ["_Without --csv-full-history the history holds only locust's Aggregated rows, which count "
+                      "the timing-header rows as requests too: these levels overstate req/s._", ""]
         lines += _table(["users", "held s", "requests", "failures", "req/s", "mean ms", "p50 ms", "p99 ms"],
                         [[lv["users"], lv["held_s"], lv["requests"], lv["failures"], lv["requests_per_s"],
                           lv["mean_ms"], lv["p50_ms"], lv["p99_ms"]] for lv in levels]) + [""]
@@ -383,7 +425,7 @@ def locust_plots(prefix: Path, history: list[dict], out_dir: Path, stem: str) ->
     plt = _pyplot()
     if plt is None:
         return None
-    rows = sorted((r for r in history if r["Name"] == "Aggregated"), key=lambda r: int(r["Timestamp"]))
+    rows = request_rows(history)
     if not rows:
         return []
     levels, windowed = locust_levels(history)

@@ -128,6 +128,26 @@ def test_synthetic_steps_give_exact_per_level_figures(synthetic, tmp_path):
         assert data.startswith(PNG) and len(data) > 10_000
 
 
+def test_timing_rows_are_not_counted_as_requests(locust_run, tmp_path):
+    """locustfiles/common.py adds three timing rows per request, which locust's Aggregated counts too."""
+    prefix = tmp_path / "timed"
+    rows = []
+    for ts, users, count, avg, p99 in ((100, 0, 0, 0.0, "N/A"), (101, 10, 100, 20.0, 40), (103, 10, 300, 20.0, 42)):
+        timing = [_history_row(ts, users, count, 0, 5.0, 4, 9, name=f"x-{h}-time") | {"Type": "timing"}
+                  for h in ("total", "queue", "inference")]
+        aggregated = _history_row(ts, users, 4 * count, 0, (avg + 15.0) / 4, 10, p99)
+        rows += ([_history_row(ts, users, count, 0, avg, 19, p99, name="/rerank")] if count else []) + timing
+        rows.append(aggregated)
+    _write(Path(f"{prefix}_stats_history.csv"), _header(Path(f"{locust_run}_stats_history.csv")), rows)
+    _write(Path(f"{prefix}_stats.csv"), _header(Path(f"{locust_run}_stats.csv")), [
+        {"Type": "POST", "Name": "/rerank", "Request Count": 300, "Failure Count": 0, "Median Response Time": 20,
+         "Average Response Time": 20.0, "Max Response Time": 50, "Requests/s": 100.0, "90%": 30, "99%": 42}])
+    report.render(prefix, tmp_path / "out")
+    markdown = (tmp_path / "out" / "timed_report.md").read_text()
+    # 300 requests in 3 s at 20 ms (not 1,200 at 8.75 ms), p50 and p99 of /rerank's windows
+    assert "| 10 | 3 | 300 | 0 | 100.0 | 20.0 | 19.0 | 41.0 |" in markdown, markdown
+
+
 def test_full_history_percentiles_are_read_as_windows(locust_run, tmp_path):
     prefix = tmp_path / "full"
     rows = SYNTHETIC_HISTORY + [_history_row(107, 20, 1050, 5, 27.6, 31, 95, name="/rerank")]

@@ -97,7 +97,8 @@ class Qwen3RerankerScorer(Scorer):
         sequences = encoded.sequences
         if not self.prefix_reuse:
             return self.run(sequences)
-        rows: list[torch.Tensor | None] = [None] * len(sequences)
+        order: list[int] = []
+        outputs: list[torch.Tensor] = []
         whole: list[int] = []
         for head, members in group_by_head(sequences, encoded.head_lengths).items():
             if not worth_reusing(head, members):
@@ -112,13 +113,12 @@ class Qwen3RerankerScorer(Scorer):
             for batch in plan_micro_batches(widths, self.max_batch_tokens, self.max_batch_size):
                 input_ids, attention_mask, lengths = self._pad([tails[j] for j in batch])
                 self.account(sum(len(tails[j]) for j in batch), input_ids.numel())
-                out = self._answer(prefix.run_tails(input_ids, attention_mask), lengths).cpu()
-                for row, j in enumerate(batch):
-                    rows[members[j]] = out[row]
+                outputs.append(self._answer(prefix.run_tails(input_ids, attention_mask), lengths))
+                order.extend(members[j] for j in batch)
         if whole:
-            for index, out in zip(whole, self.run([sequences[i] for i in whole])):
-                rows[index] = out
-        return torch.stack(rows)  # type: ignore[arg-type]
+            outputs.append(self.run([sequences[i] for i in whole]))
+            order.extend(whole)
+        return self.gather(outputs, order)
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

@@ -118,14 +118,25 @@ class Scorer(ABC):
     @torch.inference_mode()
     def run(self, sequences: list[list[int]]) -> torch.Tensor:
         lengths = [len(s) for s in sequences]
-        rows: list[torch.Tensor | None] = [None] * len(sequences)
+        order: list[int] = []
+        outputs: list[torch.Tensor] = []
         for group in plan_micro_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             input_ids, attention_mask, group_lengths = self._pad([sequences[i] for i in group])
             self.account(sum(lengths[i] for i in group), input_ids.numel())
-            out = self.forward(input_ids, attention_mask, group_lengths).float().cpu()
-            for row, index in enumerate(group):
-                rows[index] = out[row]
-        return torch.stack(rows)  # type: ignore[arg-type]
+            outputs.append(self.forward(input_ids, attention_mask, group_lengths).float())
+            order.extend(group)
+        return self.gather(outputs, order)
+
+    @staticmethod
+    def gather(outputs: list[torch.Tensor], order: list[int]) -> torch.Tensor:
+        """Micro-batch outputs, rows in `order`, back to sequence order on the host.
+
+        One copy to the host at the end, not one per micro-batch: a copy waits
+        for the GPU, and the host would otherwise sit idle instead of padding
+        and launching the next micro-batch while the GPU runs this one.
+        """
+        rows = torch.cat([out.cpu() for out in outputs])  # everything is launched: the first copy waits for all
+        return rows[torch.argsort(torch.tensor(order))]
 
     def _pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Right padding: position ids stay 0..n-1 for every model, and a causal

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,17 +31,7 @@ from pathlib import Path
 from bench.loadgen import run_async
 from bench.models import REPO_ROOT, ModelSpec
 from bench.workload import Request
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+from launcher.process import free_ports
 
 
 class ServeProcess:

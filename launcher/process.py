@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -54,6 +55,18 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (for tests and benchmarks)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_until_live(url: str, process: subprocess.Popen, timeout_s: float) -> None:

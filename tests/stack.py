@@ -6,27 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.process import stop, wait_until_live  # noqa: F401 (stop: the tests stop processes through here)
+from launcher.process import free_ports, stop, wait_until_live  # noqa: F401 (stop: the tests stop processes through here)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RERANKER = [sys.executable, "-m", "launcher.cli"]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def wait_for(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
@@ -109,13 +97,11 @@ def start_serve(repository: Path, models_dir: Path, log: Path, model: str = "min
 def engine_scorer(repository: Path, models_dir: Path, model: str, device: str = "cpu"):
     """The engine loaded straight from a model's shipped `config.pbtxt`, in this process:
     the reference that scores through the whole stack must equal."""
-    import re
-
     import torch
 
+    from bench.models import read_config
     from rerank_engine.engine import EngineConfig, load_scorer
 
-    text = (repository / model / "config.pbtxt").read_text()
-    params = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    params = read_config(repository / model / "config.pbtxt").parameters
     os.environ["RERANKER_MODELS_DIR"] = str(models_dir)
     return load_scorer(EngineConfig.from_parameters(params), torch.device(device))

@@ -224,7 +224,8 @@ def test_a_default_model_that_cannot_load_fails_the_stack_start_at_once(tmp_path
     """The gateway stays up, never ready: waiting for the deadline (15 min) would hide the reason."""
     import subprocess
 
-    from bench.e2e import ServeProcess, free_ports
+    from bench.e2e import ServeProcess
+    from launcher.process import free_ports
 
     serve = object.__new__(ServeProcess)
     serve.url = f"http://127.0.0.1:{free_ports(1)[0]}"

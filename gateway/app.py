@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from gateway.errors import install_error_handlers
-from gateway.guards import UNBOUNDED_PATHS, RequestGuards
+from gateway.guards import RequestGuards
 from gateway.metrics import GatewayMetrics
 from gateway.model_manager import ModelManager
 from gateway.routes import router
@@ -56,19 +56,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         RequestGuards,
         max_request_bytes=settings.max_request_bytes,
         max_concurrent_requests=settings.max_concurrent_requests,
+        in_flight_gauge=metrics.in_flight,
     )
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
-        scoring = request.method == "POST" and request.url.path not in UNBOUNDED_PATHS
-        if scoring:
-            metrics.in_flight.inc()
         started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            if scoring:
-                metrics.in_flight.dec()
+        response = await call_next(request)
         elapsed = time.perf_counter() - started
         # TEI's header names, in milliseconds; load tests read them per request.
         response.headers["x-total-time"] = f"{elapsed * 1000:.3f}"

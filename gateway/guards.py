@@ -8,6 +8,7 @@ Retry-After, before they queue up and time out. A POST that no route takes
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
+from prometheus_client import Gauge
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,11 +20,14 @@ UNBOUNDED_PATHS = ("/switch_model",)  # control requests are never turned away f
 
 
 class RequestGuards:
-    def __init__(self, app: ASGIApp, max_request_bytes: int, max_concurrent_requests: int) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int, max_concurrent_requests: int,
+                 in_flight_gauge: Gauge | None = None) -> None:
         self.app = app
         self.max_bytes = max_request_bytes
         self.max_in_flight = max_concurrent_requests
         self.in_flight = 0
+        if in_flight_gauge is not None:  # the metric reads the count the bound is enforced on
+            in_flight_gauge.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not _routed(scope):

@@ -34,9 +34,8 @@ class RequestRecord:
     queue_s: float | None = None
     inference_s: float | None = None
 
-    def record_scores(self, model: str, outputs) -> None:
+    def record_scores(self, outputs) -> None:
         """`outputs`: the gateway's ScoreOutputs of the whole request."""
-        self.model = model
         self.documents = len(outputs.score)
         self.tokens = int(outputs.num_tokens.sum())
         self.inference_s = outputs.compute_s

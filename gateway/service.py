@@ -106,7 +106,7 @@ class RerankService:
         record: RequestRecord | None = None,
     ) -> ScoreOutputs:
         if record is not None:
-            record.model = model.name
+            record.model = model.name  # set first: a request that fails is still counted under its model
         # Chunks of at most max_batch_size go out concurrently, so Triton's
         # dynamic batcher can merge them with other clients' work.
         size = model.max_batch_size
@@ -120,7 +120,7 @@ class RerankService:
         )
         outputs = ScoreOutputs.concatenate(chunks)
         if record is not None:
-            record.record_scores(model.name, outputs)
+            record.record_scores(outputs)
         return outputs
 
     async def switch_model(self, requested: str, keep_loaded: bool = False) -> SwitchModelResponse:

@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from rerank_engine import contract
 from rerank_engine.engine import EngineConfig, load_scorer, resolve_device
-from rerank_engine.inputs import InvalidRequest, decode_pairs, document_cap, sent_at_ns
+from rerank_engine.inputs import InvalidRequest, decode_pairs, document_cap, parse_parameters, sent_at_ns
 from rerank_engine.telemetry import BatchTelemetry
 
 INPUTS = (contract.INPUT_QUERY, contract.INPUT_DOCUMENT, contract.INPUT_INSTRUCTION)
@@ -40,7 +40,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: {self.config.scorer} on {device}")
 
     def execute(self, requests):
-        started_ns = BatchTelemetry.now_ns()
+        started_ns = time.time_ns()
         responses = [None] * len(requests)
         pairs, spans, sent = [], [], []
         for index, request in enumerate(requests):
@@ -50,12 +50,13 @@ class TritonPythonModel:
             try:
                 tensors = (pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS)
                 arrays = [None if t is None else t.as_numpy() for t in tensors]
-                rows = decode_pairs(*arrays, max_document_tokens=document_cap(request.parameters()))
+                params = parse_parameters(request.parameters())  # JSON text: parsed once per request
+                rows = decode_pairs(*arrays, max_document_tokens=document_cap(params))
             except InvalidRequest as exc:
                 responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
                 continue
             spans.append((index, len(pairs), len(pairs) + len(rows)))
-            sent.append(sent_at_ns(request.parameters()))
+            sent.append(sent_at_ns(params))
             pairs.extend(rows)
         started = time.perf_counter()
         try:

@@ -9,7 +9,6 @@ Document and query text never appears here: only counts and times.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -92,10 +91,6 @@ class BatchTelemetry:
         if self._metrics is not None:
             self._metrics.observe(record)
         return record
-
-    @staticmethod
-    def now_ns() -> int:
-        return time.time_ns()
 
 
 class _Metrics:

@@ -33,6 +33,7 @@ import json
 import statistics
 from itertools import groupby
 from pathlib import Path
+from typing import Callable
 
 WAY_NAMES = {"a": "(a) seed-style baseline", "b": "(b) engine direct", "c": "(c) gateway + Triton"}
 GOAL_RATIO = 0.9
@@ -94,6 +95,23 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _write_report(markdown_path: Path, markdown: Callable[[list[Path], str | None], str],
+                  plots: list[Path] | None) -> list[Path]:
+    """Write the markdown (a function of the plots written, or of the note why there are none)."""
+    markdown_path.write_text(markdown(plots or [], None if plots is not None else NO_MATPLOTLIB))
+    if plots is None:
+        print(NO_MATPLOTLIB)
+    return [markdown_path, *(plots or [])]
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -245,10 +263,7 @@ def bench_plots(data: dict, out_dir: Path, stem: str) -> list[Path] | None:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle(f"rerank_bench: throughput and latency against concurrency ({data.get('weights', '')})", fontsize=10)
-    fig.tight_layout()
-    written.append(out_dir / f"{stem}.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, out_dir / f"{stem}.png"))
 
     fig, axes = plt.subplots(len(models), 2, figsize=(14, 4 * len(models)), squeeze=False)
     for row, model in zip(axes, models):
@@ -272,20 +287,13 @@ def bench_plots(data: dict, out_dir: Path, stem: str) -> list[Path] | None:
             ax.set_title(f"{model['model']}: {label} over time")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out_dir / f"{stem}_time.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, out_dir / f"{stem}_time.png"))
     return written
 
 
 def render_bench(data: dict, out_dir: Path, stem: str) -> list[Path]:
     plots = bench_plots(data, out_dir, stem)
-    markdown = out_dir / f"{stem}.md"
-    markdown.write_text(bench_markdown(data, plots or [], None if plots is not None else NO_MATPLOTLIB))
-    if plots is None:
-        print(NO_MATPLOTLIB)
-    return [markdown, *(plots or [])]
+    return _write_report(out_dir / f"{stem}.md", lambda shown, note: bench_markdown(data, shown, note), plots)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,10 +456,7 @@ def locust_plots(prefix: Path, history: list[dict], out_dir: Path, stem: str) ->
             ax.grid(True, alpha=0.3)
         right.legend()
         fig.suptitle(f"locust run {prefix.name}", fontsize=10)
-        fig.tight_layout()
-        written.append(out_dir / f"{stem}_users.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
+        written.append(_save(plt, fig, out_dir / f"{stem}_users.png"))
 
     t0 = int(rows[0]["Timestamp"])
     ts = [int(r["Timestamp"]) - t0 for r in rows]
@@ -479,10 +484,7 @@ def locust_plots(prefix: Path, history: list[dict], out_dir: Path, stem: str) ->
     for ax in (top, bottom):
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"locust run {prefix.name} over time", fontsize=10)
-    fig.tight_layout()
-    written.append(out_dir / f"{stem}_time.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, out_dir / f"{stem}_time.png"))
     return written
 
 
@@ -492,12 +494,8 @@ def render_locust(prefix: Path, out_dir: Path, stem: str) -> list[Path]:
     if not stats and not history:
         raise SystemExit(f"no locust CSV at {prefix}_stats.csv or {prefix}_stats_history.csv")
     plots = locust_plots(prefix, history, out_dir, stem)
-    markdown = out_dir / f"{stem}.md"
-    note = None if plots is not None else NO_MATPLOTLIB
-    markdown.write_text(locust_markdown(prefix, stats, history, plots or [], note))
-    if plots is None:
-        print(NO_MATPLOTLIB)
-    return [markdown, *(plots or [])]
+    return _write_report(out_dir / f"{stem}.md",
+                         lambda shown, note: locust_markdown(prefix, stats, history, shown, note), plots)
 
 
 def main(argv: list[str] | None = None) -> int:

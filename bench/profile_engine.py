@@ -4,6 +4,8 @@ For each model, on issue 6's workload (1 query x N documents per request):
 
 - phases: tokenizing (`encode`) against the forward passes (`infer`, synced),
   per request and for a single pair;
+- the tokenizer's two batch entry points on each request's documents,
+  `encode_batch` against `encode_batch_fast` (which the engine uses), in turn;
 - GPU busy: the summed CUDA kernel time under torch.profiler against the wall
   time of the same calls (well under 1 means the GPU waits on the host), and
   the top kernels/ops by GPU time, written to `<out>/<model>_ops.txt`;
@@ -66,6 +68,24 @@ def phases(scorer: Scorer, requests: list[list[Pair]], device: torch.device) -> 
         "single_pair_infer_ms": round(statistics.median(c[1] for c in single), 2),
         "micro_batches_last_request": run.micro_batches if run else None,
     }
+
+
+def tokenizer_entry_points(scorer: Scorer, requests: list[list[Pair]], rounds: int = 5) -> dict:
+    """Median ms per request of the tokenizer's batch calls, the two taken in turn, and whether their ids agree."""
+    texts = [[p.document for p in pairs] for pairs in requests]
+    timings: dict[str, list[float]] = {"encode_batch": [], "encode_batch_fast": []}
+    same = True
+    for _ in range(rounds):
+        for batch in texts:
+            ids = {}
+            for method, samples in timings.items():
+                started = time.perf_counter()
+                ids[method] = [e.ids for e in getattr(scorer.tokenizer, method)(batch, add_special_tokens=False)]
+                samples.append(1000 * (time.perf_counter() - started))
+            same = same and ids["encode_batch"] == ids["encode_batch_fast"]
+    result = {f"tokenizer_{method}_ms": round(statistics.median(samples), 2) for method, samples in timings.items()}
+    result["tokenizer_fast_same_ids"] = same
+    return result
 
 
 def gpu_busy(scorer: Scorer, requests: list[list[Pair]], device: torch.device, table: Path) -> dict:
@@ -158,6 +178,7 @@ def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> 
     result = {"model": name, "weights": "random (real architecture and size)", "device": device_name(device),
               "docs_per_request": args.docs, "dtype": str(config.torch_dtype(device))}
     result.update(phases(scorer, requests, device))
+    result.update(tokenizer_entry_points(scorer, requests))
     result.update(gpu_busy(scorer, requests, device, args.out / f"{name}_ops.txt"))
     default_budget = scorer.max_batch_tokens
     for budget in args.budgets:

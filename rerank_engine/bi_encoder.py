@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rerank_engine.scoring import Encoded, Pair, Scorer
-from rerank_engine.tokens import SpecialTokenTemplate, raw_tokenizer
+from rerank_engine.tokens import SpecialTokenTemplate, raw_tokenizer, token_ids
 
 
 class BiEncoderScorer(Scorer):
@@ -29,7 +29,7 @@ class BiEncoderScorer(Scorer):
         keys = [((p.query, None), (p.document, p.max_document_tokens)) for p in pairs]
         row_of = {key: i for i, key in enumerate(dict.fromkeys(k for pair_keys in keys for k in pair_keys))}
         budget = self.max_length - self.template.num_special
-        raw = [e.ids for e in self.tokenizer.encode_batch([text for text, _ in row_of], add_special_tokens=False)]
+        raw = token_ids(self.tokenizer, [text for text, _ in row_of])
         sequences = [
             self.template.build(ids[: budget if cap is None else min(budget, cap)])
             for ids, (_, cap) in zip(raw, row_of)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rerank_engine.scoring import Encoded, Pair, Scorer
-from rerank_engine.tokens import SpecialTokenTemplate, longest_first_lengths, raw_tokenizer
+from rerank_engine.tokens import SpecialTokenTemplate, longest_first_lengths, raw_tokenizer, token_ids
 
 
 class CrossEncoderScorer(Scorer):
@@ -25,8 +25,8 @@ class CrossEncoderScorer(Scorer):
 
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
         queries = list(dict.fromkeys(p.query for p in pairs))
-        query_ids = dict(zip(queries, (e.ids for e in self.tokenizer.encode_batch(queries, add_special_tokens=False))))
-        doc_ids = [e.ids for e in self.tokenizer.encode_batch([p.document for p in pairs], add_special_tokens=False)]
+        query_ids = dict(zip(queries, token_ids(self.tokenizer, queries)))
+        doc_ids = token_ids(self.tokenizer, [p.document for p in pairs])
         budget = self.max_length - self.template.num_special
         sequences, uncut = [], []
         for pair, doc in zip(pairs, doc_ids):

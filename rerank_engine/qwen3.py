@@ -23,7 +23,7 @@ import torch
 from rerank_engine.batching import plan_micro_batches
 from rerank_engine.prefix_cache import SharedPrefix, group_by_head, worth_reusing
 from rerank_engine.scoring import Encoded, Pair, Scorer
-from rerank_engine.tokens import raw_tokenizer
+from rerank_engine.tokens import raw_tokenizer, token_ids
 
 SYSTEM_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -58,19 +58,17 @@ class Qwen3RerankerScorer(Scorer):
 
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
         budget = self.max_length - len(self.prefix) - len(self.suffix)
-        heads = {(p.instruction or DEFAULT_INSTRUCTION, p.query): None for p in pairs}
+        keys = list(dict.fromkeys((p.instruction or DEFAULT_INSTRUCTION, p.query) for p in pairs))
         # Splitting the body just before " {document}" is a pre-tokenizer boundary
         # (":" then a space), so head ids + document ids equal the ids of the body.
-        head_texts = [format_body(instr, query, "")[:-1] for instr, query in heads]
-        for key, enc in zip(heads, self.tokenizer.encode_batch(head_texts, add_special_tokens=False)):
-            heads[key] = enc.ids
-        docs = self.tokenizer.encode_batch([" " + p.document for p in pairs], add_special_tokens=False)
+        heads = dict(zip(keys, token_ids(self.tokenizer, [format_body(i, q, "")[:-1] for i, q in keys])))
+        docs = token_ids(self.tokenizer, [" " + p.document for p in pairs])
         template = len(self.prefix) + len(self.suffix)
         sequences, uncut, head_lengths = [], [], []
         for pair, doc in zip(pairs, docs):
             key = (pair.instruction or DEFAULT_INSTRUCTION, pair.query)
-            head, doc_ids = heads[key], self.capped(doc.ids, pair)
-            uncut.append(template + len(head) + len(doc.ids))
+            head, doc_ids = heads[key], self.capped(doc, pair)
+            uncut.append(template + len(head) + len(doc))
             if len(head) + len(doc_ids) > budget:
                 if len(head) > budget:
                     head = self._truncated_head(*key, budget)
@@ -83,9 +81,7 @@ class Qwen3RerankerScorer(Scorer):
         """A head whose query is cut so the head alone fills the body budget."""
         before, after = format_body(instruction, "\0", "")[:-1].split("\0")
         # Split before the space, as for documents: " Paris" is one token in the whole prompt.
-        before_ids, query_ids, after_ids = (
-            e.ids for e in self.tokenizer.encode_batch([before[:-1], " " + query, after], add_special_tokens=False)
-        )
+        before_ids, query_ids, after_ids = token_ids(self.tokenizer, [before[:-1], " " + query, after])
         keep = max(budget - len(before_ids) - len(after_ids), 0)
         head = before_ids + query_ids[:keep] + after_ids
         if len(head) > budget:

@@ -27,6 +27,16 @@ def raw_tokenizer(hf_tokenizer) -> Tokenizer:
     return backend
 
 
+def token_ids(backend: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of each text, without special tokens, tokenized in parallel.
+
+    `encode_batch_fast` skips the character offsets nobody here reads; the ids
+    are the same as `encode_batch`'s, and a 100-document request tokenizes
+    about a fifth faster (`python -m bench.profile_engine`, "tokenizer_*").
+    """
+    return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+
 @dataclass(frozen=True)
 class SpecialTokenTemplate:
     """Where a tokenizer puts its special tokens around one or two sequences,

@@ -1,6 +1,6 @@
 """Token-level building blocks against Hugging Face tokenizers' own behaviour:
 `longest_first_lengths` against the `tokenizers` truncation it mirrors, special
-token templates against the tokenizers' post-processors, and `raw_tokenizer`."""
+token templates against the tokenizers' post-processors, `raw_tokenizer`, and the batch `token_ids`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer
 
-from rerank_engine.tokens import SpecialTokenTemplate, longest_first_lengths, raw_tokenizer
+from rerank_engine.tokens import SpecialTokenTemplate, longest_first_lengths, raw_tokenizer, token_ids
 from tests import tiny_models
 
 WORDS = 40
@@ -99,3 +99,13 @@ def test_raw_tokenizer_tokenizes_as_the_loaded_tokenizer(xlmr_tokenizer):
             raw.encode(text, add_special_tokens=False).ids
             == xlmr_tokenizer(text, add_special_tokens=False)["input_ids"]
         )
+
+
+@pytest.mark.parametrize("folder", ["xlm-roberta", "qwen3"])
+def test_token_ids_equal_the_loaded_tokenizers_ids(folder):
+    # token_ids skips offsets (encode_batch_fast); the ids must not change with it.
+    loaded = AutoTokenizer.from_pretrained(tiny_models.TOKENIZERS_DIR / folder)
+    texts = ["", " ", "Giant pandas eat bamboo.", "  double  spaces\tand\nnewlines ", "北京是中国的首都。",
+             "emoji 🐼🎋 and accents: café naïve", "NUL\x00inside", "Ⅻ ﬁ ①", "word " * 600]
+    expected = [loaded(text, add_special_tokens=False)["input_ids"] for text in texts]
+    assert token_ids(raw_tokenizer(loaded), texts) == expected

@@ -27,8 +27,11 @@ system_packages() {
   if ! ldconfig -p | grep -q "libpython${version}.so.1.0" && [ ! -e "$libdir/libpython${version}.so.1.0" ]; then
     apt_install "libpython${version}"
   fi
-  if [ "${1:-}" = test ] && ! command -v docker-compose >/dev/null; then
-    apt_install docker-compose  # the compose file is validated by a real parser
+  if [ "${1:-}" = test ]; then
+    local wanted=()
+    command -v docker-compose >/dev/null || wanted+=(docker-compose)  # the compose file is validated by a real parser
+    command -v prometheus >/dev/null || wanted+=(prometheus)  # the dashboard's queries run on a real Prometheus
+    if [ ${#wanted[@]} -gt 0 ]; then apt_install "${wanted[@]}"; fi
   fi
 }
 

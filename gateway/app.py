@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from gateway.errors import install_error_handlers
+from gateway.errors import ErrorKind, install_error_handlers
 from gateway.guards import RequestGuards
 from gateway.metrics import GatewayMetrics
 from gateway.model_manager import ModelManager
@@ -27,6 +27,7 @@ REFUSAL_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "body_too_l
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics()
+    metrics.start_at_zero([kind.value for kind in ErrorKind] + list(REFUSAL_REASONS.values()))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     @asynccontextmanager

@@ -4,11 +4,18 @@ was refused and why, and which model is active, served at `GET /metrics`.
 Triton exports its own side (queue and compute time, batch counts, GPU memory,
 and the models' per-batch figures) on its metrics port; Prometheus scrapes
 both, and the Grafana dashboard in `deploy/grafana/` reads both.
+
+Counters whose labels are known in advance (rejection reasons, and switches
+once the model names are read from Triton) start at 0: Prometheus sees a
+series that first appears at 1 as no change, so the first refusal or first
+switch to a model would otherwise never show in `rate`, `increase` or
+`changes`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -85,6 +92,18 @@ class GatewayMetrics:
             "reranker_active_model", "1 for the model new requests go to, 0 for models active before.", ["model"],
             registry=r,
         )
+
+    def start_at_zero(self, reasons: Iterable[str]) -> None:
+        """Create the rejection series of every reason the gateway can give, at 0."""
+        for reason in reasons:
+            self.rejections.labels(reason)
+
+    def known_models(self, models: Iterable[str]) -> None:
+        """Create each model's switch series at 0; called once the repository's models are known."""
+        for model in models:
+            for outcome in ("ok", "failed"):
+                self.switches.labels(model, outcome)
+            self.switch_seconds.labels(model)
 
     def set_active(self, model: str | None) -> None:
         for labels in list(self.active_model._metrics):  # keep the series, so a switch shows as a step to 0

@@ -69,3 +69,14 @@ async def test_switches_are_counted_and_move_the_active_model(api):
     after = await samples(api)
     labels = {"route": "/rerank", "model": "bge-reranker-base", "status": "200"}
     assert value(after, "reranker_request_duration_seconds_count", **labels) >= 1
+
+
+async def test_known_series_start_at_zero(api):
+    # A series that first appears at 1 is no change to Prometheus: the first overload or the
+    # first switch to a model would vanish from rate(), increase() and the dashboard's annotations.
+    metrics = await samples(api)
+    for reason in ("overloaded", "backend_timeout", "model_not_ready", "in_flight_limit", "body_too_large"):
+        assert ("reranker_rejections_total", frozenset({"reason": reason}.items())) in metrics, reason
+    never_switched_to = {"model": "qwen3-reranker-8b", "outcome": "ok"}
+    assert metrics[("reranker_model_switches_total", frozenset(never_switched_to.items()))] == 0
+    assert metrics[("reranker_model_switch_duration_seconds_count", frozenset({"model": "qwen3-reranker-8b"}.items()))] == 0

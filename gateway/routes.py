@@ -27,11 +27,13 @@ router = APIRouter(
 )
 
 
-def service(request: Request) -> RerankService:
+# Dependencies are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a
+# thread hop per dependency on every request.
+async def service(request: Request) -> RerankService:
     return request.app.state.service
 
 
-def record(request: Request) -> RequestRecord:
+async def record(request: Request) -> RequestRecord:
     request.state.record = RequestRecord()  # read back after the response, for headers and metrics
     return request.state.record
 

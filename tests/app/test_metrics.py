@@ -80,3 +80,19 @@ async def test_known_series_start_at_zero(api):
     never_switched_to = {"model": "qwen3-reranker-8b", "outcome": "ok"}
     assert metrics[("reranker_model_switches_total", frozenset(never_switched_to.items()))] == 0
     assert metrics[("reranker_model_switch_duration_seconds_count", frozenset({"model": "qwen3-reranker-8b"}.items()))] == 0
+
+
+async def test_refusals_before_any_route_are_timed_and_counted_but_scrapes_are_not(api):
+    before = await samples(api)
+    refused = await api.post("/v1/rerank", content=b"{}", headers={"content-type": "text/plain"})
+    assert refused.status_code == 415 and float(refused.headers["x-total-time"]) > 0
+    assert "x-inference-time" not in refused.headers  # nothing was scored
+    missing = await api.post("/no-such-route", json={})
+    assert missing.status_code == 404 and "x-total-time" in missing.headers
+    after = await samples(api)
+    name = "reranker_rejections_total"
+    for reason in ("unsupported_media_type", "not_found"):
+        assert value(after, name, reason=reason) - value(before, name, reason=reason) == 1, reason
+    scrapes = [key for key in after if key[0] == "reranker_request_duration_seconds_count"
+               and ("route", "/metrics") in key[1]]
+    assert scrapes == []

@@ -1,0 +1,118 @@
+"""The gateway's own cost per request, two versions side by side: the working
+tree's gateway against the one at a git revision, both in this process, both
+on one running Triton, their requests taken in turn so that both see the same
+machine noise.
+
+Each version is the real app (`create_app`, lifespan included) driven through
+`httpx.ASGITransport`, so the figures leave out the HTTP server and keep
+everything from the first middleware to the response: parsing, validation,
+the service, the Triton round trip and serialisation. Reported per version:
+client-side p50/p90 of sequential single-pair `/v1/rerank` calls, and the
+gateway's own share (`x-total-time` minus Triton's queue and inference time).
+
+  reranker triton --models-dir models &          # or any running Triton with the model
+  python -m bench.gateway_ab --triton-url 127.0.0.1:8101 --model bge --baseline HEAD~1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BODY = {"query": "what do giant pandas eat?", "documents": ["Giant pandas eat bamboo almost exclusively."]}
+
+
+def gateway_at(revision: str, folder: Path) -> str:
+    """The `gateway` package at `revision`, unpacked as `gateway_<sha>` under `folder`; its import name."""
+    sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=REPO_ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    name = f"gateway_{sha}"
+    archive = subprocess.run(["git", "archive", revision, "gateway"], cwd=REPO_ROOT, check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "gateway").rename(folder / name)
+    for module in (folder / name).glob("*.py"):
+        module.write_text(re.sub(r"\bgateway\.", f"{name}.", module.read_text()))
+    return name
+
+
+@contextlib.asynccontextmanager
+async def client_for(create_app, settings):
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as client:
+            yield client
+
+
+async def measure(args: argparse.Namespace, versions: dict[str, tuple]) -> dict[str, dict]:
+    samples = {label: {"client_ms": [], "own_ms": []} for label in versions}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for label, (create_app, settings_cls) in versions.items():
+            settings = settings_cls(triton_url=args.triton_url, default_model=args.model)
+            clients[label] = await stack.enter_async_context(client_for(create_app, settings))
+        for round_ in range(args.warmup + args.requests):
+            for label, client in clients.items():
+                started = time.perf_counter()
+                response = await client.post("/v1/rerank", json=BODY)
+                elapsed = 1000 * (time.perf_counter() - started)
+                response.raise_for_status()
+                if round_ < args.warmup:
+                    continue
+                h = response.headers
+                samples[label]["client_ms"].append(elapsed)
+                own = float(h["x-total-time"]) - float(h["x-queue-time"]) - float(h["x-inference-time"])
+                samples[label]["own_ms"].append(own)
+    report = {}
+    for label, values in samples.items():
+        client, own = sorted(values["client_ms"]), values["own_ms"]
+        report[label] = {
+            "client_p50_ms": round(statistics.median(client), 3),
+            "client_p90_ms": round(client[int(0.9 * len(client))], 3),
+            "gateway_own_p50_ms": round(statistics.median(own), 3),
+        }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--triton-url", required=True, help="gRPC host:port of a running Triton")
+    parser.add_argument("--model", default="bge")
+    parser.add_argument("--baseline", default="HEAD", help="git revision of the gateway to compare against")
+    parser.add_argument("--requests", type=int, default=1000, help="per version")
+    parser.add_argument("--warmup", type=int, default=100)
+    args = parser.parse_args()
+    logging.disable(logging.INFO)  # one line per request from httpx otherwise
+    with tempfile.TemporaryDirectory() as folder:
+        name = gateway_at(args.baseline, Path(folder))
+        sys.path.insert(0, folder)
+        baseline_app = __import__(f"{name}.app", fromlist=["create_app"]).create_app
+        baseline_settings = __import__(f"{name}.settings", fromlist=["GatewaySettings"]).GatewaySettings
+        from gateway.app import create_app
+        from gateway.settings import GatewaySettings
+
+        versions = {f"baseline ({args.baseline})": (baseline_app, baseline_settings),
+                    "working tree": (create_app, GatewaySettings)}
+        report = asyncio.run(measure(args, versions))
+    for label, figures in report.items():
+        print(f"{label:>24}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+
+
+if __name__ == "__main__":
+    main()

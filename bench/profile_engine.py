@@ -144,11 +144,10 @@ def throughput(scorers: list[Scorer], requests: list[list[Pair]], device: torch.
 
 def with_cuda_graphs(scorer: Scorer, requests: list[list[Pair]], device: torch.device, table: Path) -> dict:
     """The same scorer with its forward replayed from CUDA graphs: capture cost, speed, and score changes."""
-    from rerank_engine.cuda_graphs import GraphedForward
+    from rerank_engine import cuda_graphs
 
     eager = [scorer.score(pairs).score for pairs in requests[:2]] + [scorer.score(r[:1]).score for r in requests]
-    graphed = GraphedForward(scorer.forward, scorer.pad_id, device, scorer.max_batch_tokens)
-    scorer.forward = graphed
+    graphed = cuda_graphs.install(scorer)
     started = time.perf_counter()
     replayed = [scorer.score(pairs).score for pairs in requests[:2]] + [scorer.score(r[:1]).score for r in requests]
     sync(device)

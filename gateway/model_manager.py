@@ -67,7 +67,7 @@ class ModelManager:
                 self._triton_was_down = True  # the watcher loads the default model once Triton is up
                 return
             await asyncio.sleep(0.5)
-        await self._count_models()
+        await self._start_model_series()
         try:
             result = await self.switch(self.settings.default_model)
             log.info("active model %s (loaded in %.1f s)", result.model, result.load_time_s)
@@ -86,14 +86,14 @@ class ModelManager:
                 await self._restore()
             await asyncio.sleep(interval_s)
 
-    async def _count_models(self) -> None:
+    async def _start_model_series(self) -> None:
         try:
             self.metrics.known_models(m.name for m in await self.triton.repository())
         except GatewayError as exc:
             log.warning("could not list Triton's models for the metrics: %s", exc.message)
 
     async def _restore(self) -> None:
-        await self._count_models()
+        await self._start_model_series()
         wanted = list(self.loaded) or [await self.resolve(self.settings.default_model)]
         async with self._switch_lock:
             try:

@@ -109,3 +109,10 @@ class GraphedForward:
         entry = self.graphs[(rows, width)] = _Graph(graph, input_ids, attention_mask, lengths, output)
         log.info("captured a CUDA graph for %d rows x %d tokens (%d graphs)", rows, width, len(self.graphs))
         return entry
+
+
+def install(scorer) -> GraphedForward:
+    """Replace a scorer's forward on its CUDA device by graph replay, within its micro-batch token budget."""
+    graphed = GraphedForward(scorer.forward, scorer.pad_id, scorer.device, scorer.max_batch_tokens)
+    scorer.forward = graphed
+    return graphed

@@ -140,9 +140,9 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
     )
     if config.cuda_graphs:
         if device.type == "cuda":
-            from rerank_engine.cuda_graphs import GraphedForward
+            from rerank_engine import cuda_graphs
 
-            scorer.forward = GraphedForward(scorer.forward, scorer.pad_id, device, config.max_batch_tokens)
+            cuda_graphs.install(scorer)
         else:
             log.info("cuda_graphs is on, but %s is not a CUDA device: running eagerly", device)
     scorer.score([Pair("warm-up query", "warm-up document")])

@@ -12,6 +12,10 @@ For each model, on issue 6's workload (1 query x N documents per request):
 - the micro-batch token budget (`max_batch_tokens`), each value in turn;
 - two scorers (two model copies) fed by two threads, a proxy for Triton's
   `instance_group { count: 2 }`, against one;
+- optionally (`--packed-ab`), padded micro-batches against packed
+  (padding-free) batches, two scorers timed in turn in one process, with
+  their largest score difference, and the varlen kernel's against the
+  per-span attention loop it replaces on CPU;
 - optionally, CUDA graph replay (`--cuda-graphs`, rerank_engine.cuda_graphs)
   with its largest score change against the eager forward, and
   `torch.compile` of the model's forward (`--compile`).
@@ -30,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
@@ -163,6 +168,63 @@ def with_cuda_graphs(scorer: Scorer, requests: list[list[Pair]], device: torch.d
     return result
 
 
+def packed_side_by_side(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Padded micro-batches (CUDA graphs too with --cuda-graphs) against packed batches, in turn, in one process."""
+    from rerank_engine import packed as packed_module
+
+    kind, max_length = MODELS[name]
+    base = {"scorer": kind, "weights_path": str(args.models_dir / name), "max_length": max_length}
+    scorers = {
+        "padded": load_scorer(EngineConfig(**base, packed="false", cuda_graphs=args.cuda_graphs), device),
+        "packed": load_scorer(EngineConfig(**base, packed="true"), device),
+    }
+    requests = workload(args.requests, args.docs)
+    probe = requests[:2] + [r[:1] for r in requests[:4]]
+    raw = {label: [s.score(p).raw_score for p in probe] for label, s in scorers.items()}
+    fp32_diffs: dict[str, float] = {}
+    kernel, packed_module.flash_varlen = packed_module.flash_varlen, None
+    try:
+        span_loop = [scorers["packed"].score(p).raw_score for p in probe]
+    finally:
+        packed_module.flash_varlen = kernel
+    if args.fp32_reference:
+        # Half-precision rounding alone moves random-weight logits; the float32 model says by how much,
+        # so the packed path's distance can be read against the padded path's.
+        reference = load_scorer(EngineConfig(**base, packed="false", dtype="float32"), device)
+        want = [reference.score(p) for p in probe]
+        del reference
+        for label, scorer in scorers.items():
+            got = [scorer.score(p) for p in probe]
+            for field in ("score", "raw_score"):
+                result_key = f"{label}_{field}_max_abs_diff_vs_fp32"
+                fp32_diffs[result_key] = float(max(abs(getattr(g, field) - getattr(w, field)).max()
+                                                   for g, w in zip(got, want)))
+        fp32_diffs["fp32_raw_score_std"] = float(np.std(np.concatenate([w.raw_score for w in want])))
+    result = {
+        **fp32_diffs,
+        "packed_max_abs_diff_vs_padded": float(max(abs(a - b).max() for a, b in zip(raw["padded"], raw["packed"]))),
+        "packed_kernel_max_abs_diff_vs_span_loop": float(
+            max(abs(a - b).max() for a, b in zip(raw["packed"], span_loop))
+        ),
+    }
+    for round_ in (1, 2):
+        for label, scorer in scorers.items():
+            result[f"{label}_pairs_per_s_round{round_}"] = throughput([scorer], requests, device)
+    for label, scorer in scorers.items():
+        result.update({f"{label}_{k}": v for k, v in phases(scorer, requests, device).items() if "infer" in k})
+        run = scorer.last_run
+        result[f"{label}_padding_ratio"] = round(1 - run.tokens / run.padded_tokens, 3) if run else None
+    if args.threads > 1:
+        copies = [scorers["packed"]] + [load_scorer(EngineConfig(**base, packed="true"), device)
+                                        for _ in range(args.threads - 1)]
+        result[f"packed_pairs_per_s_{args.threads}_threads_{args.threads}_copies"] = throughput(copies, requests, device)
+    result.update({f"packed_{k}": v for k, v in
+                   gpu_busy(scorers["packed"], requests, device, args.out / f"{name}_packed_ops.txt").items()})
+    if device.type == "cuda":
+        result["peak_gpu_mib_both"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return result
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -221,6 +283,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="scorer copies fed in parallel (1: skip)")
     parser.add_argument("--cuda-graphs", action="store_true", help="also measure CUDA graph replay (GPU only)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the forward")
+    parser.add_argument("--packed-ab", action="store_true", help="only: padded against packed batches, side by side")
+    parser.add_argument("--fp32-reference", action="store_true", help="with --packed-ab: both against a float32 model")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench_results/profile"))
     args = parser.parse_args()
@@ -228,7 +292,10 @@ def main() -> None:
     device = torch.device(args.device)
     results = []
     for name in args.names:
-        results.append(profile_model(name, args, device))
+        if args.packed_ab:
+            results.append({"model": name, "device": device_name(device), **packed_side_by_side(name, args, device)})
+        else:
+            results.append(profile_model(name, args, device))
         print(json.dumps(results[-1]), flush=True)
         (args.out / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
 

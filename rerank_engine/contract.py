@@ -38,6 +38,9 @@ PARAM_BATCH_LOG = "batch_log"
 """`info` (default), `verbose` (only with tritonserver --log-verbose) or `off`: the per-batch JSON log line."""
 PARAM_CUDA_GRAPHS = "cuda_graphs"
 """`true` or `false` (the default): replay each micro-batch shape from a captured CUDA graph (GPU only)."""
+PARAM_PACKED = "packed"
+"""`auto` (the default), `true` or `false`, cross_encoder and qwen3_reranker only: padding-free batches.
+`auto` turns them on where FlashAttention's variable-length kernel runs (CUDA, float16/bfloat16)."""
 PARAM_PREFIX_REUSE = "prefix_reuse"
 """`true` (the default) or `false`, qwen3_reranker only: run the prompt head shared by a query's documents once."""
 

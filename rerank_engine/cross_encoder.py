@@ -36,6 +36,15 @@ class CrossEncoderScorer(Scorer):
             uncut.append(len(query) + len(doc) + self.template.num_special)
         return Encoded(sequences, *self.counts(sequences, uncut))
 
+    def use_packed(self) -> None:
+        from rerank_engine.packed import PackedXLMRoberta
+
+        if self.model.config.model_type not in ("xlm-roberta", "roberta"):
+            raise ValueError(f"no packed forward for {self.model.config.model_type} models")
+        packed = PackedXLMRoberta(self.model)
+        self.position_start = packed.position_start
+        self.packed = packed
+
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
 

@@ -14,6 +14,7 @@ from typing import Mapping
 import torch
 
 from rerank_engine import contract
+from rerank_engine.packed import varlen_kernel_available
 from rerank_engine.scoring import Pair, Scorer
 from rerank_engine.weights import require_weights, resolve_weights_path
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SCORER_KINDS = (contract.SCORER_CROSS_ENCODER, contract.SCORER_QWEN3, contract.SCORER_BI_ENCODER)
+PACKED_SCORERS = (contract.SCORER_CROSS_ENCODER, contract.SCORER_QWEN3)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class EngineConfig:
     weights_hint: str = ""
     prefix_reuse: bool = True  # Qwen3 only: run each query's shared prompt head once
     cuda_graphs: bool = False  # GPU only: replay micro-batches from captured CUDA graphs
+    packed: str = "auto"  # padding-free batches: auto (where the varlen kernel runs), true or false
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256) -> "EngineConfig":
@@ -67,6 +70,13 @@ class EngineConfig:
             raise ValueError(
                 f"config.pbtxt parameter '{contract.PARAM_PREFIX_REUSE}' applies to {contract.SCORER_QWEN3} only"
             )
+        packed = params.get(contract.PARAM_PACKED) or "auto"
+        if packed not in ("auto", "true", "false"):
+            raise ValueError(f"config.pbtxt parameter '{contract.PARAM_PACKED}' must be auto, true or false, got {packed!r}")
+        if packed == "true" and scorer not in PACKED_SCORERS:
+            raise ValueError(
+                f"config.pbtxt parameter '{contract.PARAM_PACKED}' applies to {' and '.join(PACKED_SCORERS)} only"
+            )
         return cls(
             scorer=scorer,
             weights_path=need(contract.PARAM_WEIGHTS_PATH),
@@ -77,6 +87,7 @@ class EngineConfig:
             weights_hint=params.get(contract.PARAM_WEIGHTS_HINT, ""),
             prefix_reuse=prefix_reuse,
             cuda_graphs=flag(contract.PARAM_CUDA_GRAPHS, "false"),
+            packed=packed,
         )
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
@@ -138,6 +149,15 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         max_batch_size=config.max_batch_size,
         **options,
     )
+    if config.packed == "true" or (
+        config.packed == "auto" and config.scorer in PACKED_SCORERS and varlen_kernel_available(device, dtype)
+    ):
+        try:
+            scorer.use_packed()
+        except ValueError:
+            if config.packed == "true":
+                raise
+            log.info("no packed forward for this model: running padded micro-batches", exc_info=True)
     if config.cuda_graphs:
         if device.type == "cuda":
             from rerank_engine import cuda_graphs

@@ -88,11 +88,21 @@ class Qwen3RerankerScorer(Scorer):
             raise ValueError(f"the instruction alone is longer than the {budget}-token body budget")
         return head
 
+    def use_packed(self) -> None:
+        from rerank_engine.packed import PackedQwen3
+
+        if self.model.config.model_type != "qwen3":
+            raise ValueError(f"no packed forward for {self.model.config.model_type} models")
+        decoder = PackedQwen3(self.model.model)
+        self.packed = lambda batch: decoder(batch).float() @ self.answer_rows.T
+
     @torch.inference_mode()
     def infer(self, encoded: PromptEncoded) -> torch.Tensor:
         sequences = encoded.sequences
         if not self.prefix_reuse:
             return self.run(sequences)
+        if self.packed is not None:
+            return self.infer_packed(sequences, encoded.head_lengths)
         order: list[int] = []
         outputs: list[torch.Tensor] = []
         whole: list[int] = []
@@ -115,6 +125,21 @@ class Qwen3RerankerScorer(Scorer):
             outputs.append(self.run([sequences[i] for i in whole]))
             order.extend(whole)
         return self.gather(outputs, order)
+
+    def infer_packed(self, sequences: list[list[int]], head_lengths: list[int]) -> torch.Tensor:
+        """Each query's head once per packed chunk, its documents' tails attending to it.
+
+        Unlike the padded path this needs no minimum group size: the head is
+        part of the same forward pass, not a pass of its own.
+        """
+        heads: list[tuple[int, ...]] = []
+        rows, order = [], []
+        for head, members in group_by_head(sequences, head_lengths).items():
+            heads.append(head)
+            rows.extend((len(heads) - 1, sequences[i][len(head) :]) for i in members)
+            order.extend(members)
+        outputs = self.run_packed(heads, rows)
+        return outputs[torch.argsort(torch.tensor(order))]
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rerank_engine.batching import plan_micro_batches
+from rerank_engine.packing import Row, pack_chunk, plan_packed
 from rerank_engine.telemetry import RunStats
 
 
@@ -102,6 +103,18 @@ class Scorer(ABC):
     def finalize(self, encoded: Encoded, outputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-sequence outputs (in `encode` order) to (score, raw_score) per pair."""
 
+    packed = None
+    """The padding-free forward (`rerank_engine.packed`), set by `use_packed`; when set it replaces
+    padded micro-batches: one `Packed` batch in, one float row per scored row out."""
+    position_start = 0
+    """The model's first position id, for packed batches."""
+    graph_rows = 0
+    """With packing on, calls of at most this many sequences still run padded (`cuda_graphs.install` sets it)."""
+
+    def use_packed(self) -> None:
+        """Run packed (padding-free) batches from now on; ValueError if this model cannot."""
+        raise ValueError(f"{type(self).__name__} has no packed forward")
+
     last_run: RunStats | None = None
     """Micro-batches and tokens (with and without padding) of the latest `score` call, for telemetry."""
 
@@ -117,6 +130,8 @@ class Scorer(ABC):
 
     @torch.inference_mode()
     def run(self, sequences: list[list[int]]) -> torch.Tensor:
+        if self.packed is not None and len(sequences) > self.graph_rows:
+            return self.run_packed([], [(None, s) for s in sequences])
         lengths = [len(s) for s in sequences]
         order: list[int] = []
         outputs: list[torch.Tensor] = []
@@ -125,6 +140,18 @@ class Scorer(ABC):
             self.account(sum(lengths[i] for i in group), input_ids.numel())
             outputs.append(self.forward(input_ids, attention_mask, group_lengths).float())
             order.extend(group)
+        return self.gather(outputs, order)
+
+    @torch.inference_mode()
+    def run_packed(self, heads: Sequence[Sequence[int]], rows: Sequence[Row]) -> torch.Tensor:
+        """Per-row outputs, in `rows` order, from packed chunks under the token budget."""
+        order: list[int] = []
+        outputs: list[torch.Tensor] = []
+        for chunk in plan_packed(heads, rows, self.max_batch_tokens):
+            batch = pack_chunk(heads, rows, chunk, self.device, self.position_start)
+            self.account(batch.tokens, batch.tokens)
+            outputs.append(self.packed(batch).float())
+            order.extend(chunk)
         return self.gather(outputs, order)
 
     @staticmethod

@@ -24,16 +24,11 @@ Compared with transformers' padded forward, beyond skipping padding:
 
 from __future__ import annotations
 
-import logging
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rerank_engine.packing import Packed
-
-log = logging.getLogger(__name__)
 
 HALF = (torch.float16, torch.bfloat16)
 flash_varlen = getattr(torch.ops.aten, "_flash_attention_forward", None)
@@ -190,5 +185,3 @@ def _residual_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear)
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
-
-PackedForward = Callable[[Packed], torch.Tensor]

@@ -243,6 +243,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+PARTIAL = "rerank_bench.partial.json"
+"""Written after each in-process way, removed once rerank_bench.json is written."""
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started_at = datetime.now(timezone.utc)
@@ -314,6 +318,12 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     }
     entries = {entry["model"]: entry for entry in data["models"]}
+    partial = out / PARTIAL
+
+    def checkpoint() -> None:
+        # A run stopped part-way (a `timeout`, a lost machine) still leaves what it measured.
+        partial.write_text(json.dumps(data, indent=1))
+
     for spec in specs:
         for way in [w for w in ("a", "b") if w in args.ways]:
             try:
@@ -323,6 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
             except Exception as exc:  # one way's failure (out of memory, say) must not lose the rest
                 log(f"({way}) {spec.name} failed: {exc!r}")
                 entries[spec.name]["ways"][way] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            checkpoint()
     if "c" in args.ways:
         from bench import e2e
 
@@ -334,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path = out / "rerank_bench.json"
     path.write_text(json.dumps(data, indent=1))
+    partial.unlink(missing_ok=True)
     written = [path, *report.render_bench(data, out, "rerank_bench")]
     for file in written:
         print(file)

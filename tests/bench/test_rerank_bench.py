@@ -153,6 +153,7 @@ def test_ways_a_and_b_in_process(models_dir, tmp_path, capsys):
     data = rerank_bench.main(["bge", "qwen4b", "--ways", "a", "b", "--models-dir", str(models_dir), "--out", str(out),
                               *TINY, "--baseline-concurrency", "1"])
     assert json.loads((out / "rerank_bench.json").read_text()) == data
+    assert not (out / rerank_bench.PARTIAL).exists(), "the checkpoint goes once the run is complete"
     assert data["schema"] == "rerank_bench/1" and data["weights"] == "tiny random test models"
     assert [m["model"] for m in data["models"]] == ["bge-reranker-base", "qwen3-reranker-4b"]
     for model in data["models"]:
@@ -176,6 +177,24 @@ def test_ways_a_and_b_in_process(models_dir, tmp_path, capsys):
     for name in ("rerank_bench.png", "rerank_bench_time.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     assert str(out / "rerank_bench.md") in capsys.readouterr().out
+
+
+def test_a_run_stopped_during_way_c_keeps_ways_a_and_b(models_dir, tmp_path, monkeypatch):
+    from bench import e2e
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # as a `timeout` or Ctrl-C would stop way (c)
+
+    monkeypatch.setattr(e2e, "run", stopped)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        rerank_bench.main(["bge", "--ways", "a", "b", "c", "--models-dir", str(models_dir), "--out", str(out),
+                           *TINY, "--baseline-concurrency", "1"])
+    assert not (out / "rerank_bench.json").exists()
+    kept = json.loads((out / rerank_bench.PARTIAL).read_text())
+    ways = kept["models"][0]["ways"]
+    assert set(ways) == {"a", "b"}
+    assert ways["b"]["levels"][1]["concurrency"] == 2 and ways["b"]["levels"][1]["failures"] == 0
 
 
 @pytest.mark.integration

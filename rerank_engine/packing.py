@@ -19,6 +19,7 @@ This module is host-side bookkeeping (numpy); `rerank_engine.packed` runs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -54,25 +55,25 @@ def pack(heads: Sequence[Sequence[int]], rows: Sequence[Row], device: torch.devi
 
     `position_start` is the model's first position id (RoBERTa-style models count from after the padding index).
     """
-    head_offsets: list[int] = []
-    ids: list[int] = []
-    positions: list[np.ndarray] = []
-    spans_q: list[tuple[int, int]] = []
-    for head in heads:
-        head_offsets.append(len(ids))
-        spans_q.append((len(ids), len(head)))
-        positions.append(np.arange(position_start, position_start + len(head)))
-        ids.extend(head)
-    first, last = [], []
-    for head, own in rows:
-        if not own:
-            raise ValueError("a packed row needs at least one token of its own")
-        start = position_start + (len(heads[head]) if head is not None else 0)
-        spans_q.append((len(ids), len(own)))
-        positions.append(np.arange(start, start + len(own)))
-        first.append(len(ids))
-        ids.extend(own)
-        last.append(len(ids) - 1)
+    if not all(own for _, own in rows):
+        raise ValueError("a packed row needs at least one token of its own")
+    # Vectorized: on bge's host-bound path this runs for every request (~100 rows, ~18k tokens).
+    lengths = np.array([len(h) for h in heads] + [len(own) for _, own in rows], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    first_position = np.array(
+        [position_start] * len(heads)
+        + [position_start + (len(heads[head]) if head is not None else 0) for head, _ in rows],
+        dtype=np.int64,
+    )
+    total = int(lengths.sum())
+    positions = np.arange(total, dtype=np.int64) - np.repeat(starts - first_position, lengths)
+    ids = np.fromiter(
+        chain(chain.from_iterable(heads), chain.from_iterable(own for _, own in rows)), np.int64, total
+    )
+    spans_q = list(zip(starts.tolist(), lengths.tolist()))
+    head_offsets = starts[: len(heads)].tolist()
+    first = starts[len(heads) :]
+    last = first + lengths[len(heads) :] - 1
 
     shared = any(head is not None for head, _ in rows)
     spans_k: list[tuple[int, int]] = list(spans_q)
@@ -101,15 +102,15 @@ def pack(heads: Sequence[Sequence[int]], rows: Sequence[Row], device: torch.devi
         return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 
     return Packed(
-        ids=move(np.array(ids)),
-        positions=move(np.concatenate(positions)),
+        ids=move(ids),
+        positions=move(positions),
         cu_q=move(offsets(spans_q), np.int32),
         cu_k=move(offsets(spans_k), np.int32),
         max_q=max(length for _, length in spans_q),
         max_k=max(length for _, length in spans_k),
         kv_index=None if kv_index is None else move(kv_index),
-        first=move(np.array(first)),
-        last=move(np.array(last)),
+        first=move(first),
+        last=move(last),
         spans_q=spans_q,
         spans_k=spans_k,
     )

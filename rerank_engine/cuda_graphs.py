@@ -123,6 +123,9 @@ class GraphedForward:
                     except RuntimeError:
                         log.exception("CUDA graph capture failed; running the model without graphs")
                         self.disabled = True
+            # The warm-up passes' blocks stay cached after use: give them back to the device (the graphs
+            # keep theirs in their pool), so the memory held after the load is what serving needs.
+            torch.cuda.empty_cache()
         log.info("%d CUDA graphs ready (up to %d rows x %d tokens) after %.1f s",
                  len(self.graphs), max_rows, widths[-1], time.perf_counter() - started)
 

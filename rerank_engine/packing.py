@@ -94,18 +94,19 @@ def pack(heads: Sequence[Sequence[int]], rows: Sequence[Row], device: torch.devi
             at += width
         kv_index = np.concatenate(pieces)
 
-    def offsets(spans: list[tuple[int, int]]) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum([length for _, length in spans])]).astype(np.int32)
-
     def move(array: np.ndarray, dtype=np.int64) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
         return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 
+    cu_q = move(np.append(starts, total), np.int32)
+    # Without a gather the keys are the tokens: one offsets tensor serves both.
+    cu_k = cu_q if kv_index is None else move(np.cumsum([0] + [length for _, length in spans_k]), np.int32)
+
     return Packed(
         ids=move(ids),
         positions=move(positions),
-        cu_q=move(offsets(spans_q), np.int32),
-        cu_k=move(offsets(spans_k), np.int32),
+        cu_q=cu_q,
+        cu_k=cu_k,
         max_q=max(length for _, length in spans_q),
         max_k=max(length for _, length in spans_k),
         kv_index=None if kv_index is None else move(kv_index),

@@ -94,7 +94,7 @@ class Qwen3RerankerScorer(Scorer):
         if self.model.config.model_type != "qwen3":
             raise ValueError(f"no packed forward for {self.model.config.model_type} models")
         decoder = PackedQwen3(self.model.model)
-        self.packed = lambda batch: decoder(batch).float() @ self.answer_rows.T
+        self.packed = lambda batch: self._yes_no(decoder(batch))
 
     @torch.inference_mode()
     def infer(self, encoded: PromptEncoded) -> torch.Tensor:
@@ -147,8 +147,11 @@ class Qwen3RerankerScorer(Scorer):
 
     def _answer(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[no, yes] logits (float32) at each row's last real token."""
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
-        return last.float() @ self.answer_rows.to(last.device).T
+        return self._yes_no(hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1])
+
+    def _yes_no(self, last: torch.Tensor) -> torch.Tensor:
+        """[no, yes] logits (float32) from last-token hidden states; `answer_rows` lives on the model's device."""
+        return last.float() @ self.answer_rows.T
 
     def finalize(self, encoded, outputs) -> tuple[np.ndarray, np.ndarray]:
         log_odds = outputs[:, 1] - outputs[:, 0]

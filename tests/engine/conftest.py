@@ -67,6 +67,22 @@ def minilm(make_scorer, minilm_dir):
 
 
 @pytest.fixture(scope="session")
+def recipe(qwen_dir):
+    """The Qwen3-Reranker model card's recipe (tests/engine/test_qwen3.py) around the tiny Qwen3."""
+    from tests.engine.test_qwen3 import Recipe
+
+    return Recipe(qwen_dir, max_length=8192)
+
+
+@pytest.fixture(scope="session")
+def short_recipe(qwen_dir):
+    """The same recipe at max_length 128, where pairs get cut."""
+    from tests.engine.test_qwen3 import Recipe
+
+    return Recipe(qwen_dir, max_length=128)
+
+
+@pytest.fixture(scope="session")
 def xlmr_tokenizer():
     return AutoTokenizer.from_pretrained(tiny_models.TOKENIZERS_DIR / "xlm-roberta")
 

@@ -17,28 +17,17 @@ from rerank_engine.engine import EngineConfig, load_scorer
 from rerank_engine.packed import attention
 from rerank_engine.packing import pack
 from rerank_engine.scoring import Pair
-from tests.engine.samples import LONG, PANDA, PANDA_ZH, PARIS
+from tests.engine.samples import LONG, PANDA
 from tests.engine.test_cross_encoder import PAIRS as BGE_PAIRS
-from tests.engine.test_qwen3 import Recipe
+from tests.engine.test_qwen3_prefix import DOCUMENTS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`max_length` is ignored when `padding`=`True`")
 
 QUERIES = [(None, "what is this text about?"), ("Find physics texts", "Explain gravity"), (None, "capital of France")]
-DOCUMENTS = ["", "x", "Paris.", PANDA_ZH, "🐼🎋 panda food", PARIS * 3, PANDA * 6, LONG]
 QWEN_PAIRS = random.Random(3).sample(
     [Pair(q, d, i) for i, q in QUERIES for d in DOCUMENTS] + [Pair("a lonely query", "its only document")],
     len(QUERIES) * len(DOCUMENTS) + 1,
 )
-
-
-@pytest.fixture(scope="module")
-def recipe(qwen_dir):
-    return Recipe(qwen_dir, max_length=8192)
-
-
-@pytest.fixture(scope="module")
-def short_recipe(qwen_dir):
-    return Recipe(qwen_dir, max_length=128)
 
 
 def test_bge_packed_equals_sentence_transformers_cross_encoder(make_scorer, bge_dir, bge):

@@ -79,16 +79,6 @@ class Recipe:
 
 
 @pytest.fixture(scope="module")
-def recipe(qwen_dir):
-    return Recipe(qwen_dir, max_length=8192)
-
-
-@pytest.fixture(scope="module")
-def short_recipe(qwen_dir):
-    return Recipe(qwen_dir, max_length=128)
-
-
-@pytest.fixture(scope="module")
 def short_qwen(make_scorer, qwen_dir):
     return make_scorer("qwen3_reranker", qwen_dir, max_length=128)
 

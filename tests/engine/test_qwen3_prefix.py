@@ -16,7 +16,6 @@ import pytest
 from rerank_engine import prefix_cache, qwen3
 from rerank_engine.scoring import Pair
 from tests.engine.samples import LONG, PANDA, PANDA_ZH, PARIS
-from tests.engine.test_qwen3 import Recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore:`max_length` is ignored when `padding`=`True`")
 
@@ -68,16 +67,6 @@ def spy(monkeypatch):
 
     monkeypatch.setattr(qwen3, "SharedPrefix", Counted)
     return record
-
-
-@pytest.fixture(scope="module")
-def recipe(qwen_dir):
-    return Recipe(qwen_dir, max_length=8192)
-
-
-@pytest.fixture(scope="module")
-def short_recipe(qwen_dir):
-    return Recipe(qwen_dir, max_length=128)
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # torch has the same driver requirements as Triton; the wheel brings its CUDA libraries as pip
 # packages. 2.7.x is the last release whose default (PyPI) build is CUDA 12.6 too, so the pin holds
 # whichever index serves it; later defaults are CUDA 12.8, then 13.x (driver >= 580, too new for
-# many servers). transformers 5 wants torch >= 2.6 and the project torch >= 2.3.
+# many servers). transformers 5 wants torch >= 2.6 and the project torch >= 2.5. The GPU benchmarks ran
+# torch 2.11 (CUDA 13.0, driver 580) on the lent H200s; this image's pin has not been run.
 ARG TORCH_VERSION=2.7.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 RUN python3 -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"

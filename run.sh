@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The two commands of the README, on a fresh Debian 12 / Python 3.11 machine:
-#   ./run.sh serve   install everything, then start Triton + the gateway on :8000 serving minilm-l6
-#   ./run.sh test    install what the tests need, then run them
+# The commands of the README, on a fresh Debian 12 / Python 3.11 machine:
+#   ./run.sh serve       install everything, then start Triton + the gateway on :8000 serving minilm-l6
+#   ./run.sh test        install what the tests need, then run every tier (what CI runs)
+#   ./run.sh test-fast   the unit and in-process tiers without the slow tests, for the edit-test loop
+#                        (installs only when .venv is missing)
 # Extra arguments go to `reranker serve` or to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -56,8 +58,16 @@ case "${1:-}" in
     python_packages engine,triton,minilm,test
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
+  test-fast)
+    shift
+    if [ ! -x "$VENV/bin/python" ]; then
+      system_packages test
+      python_packages engine,triton,minilm,test
+    fi
+    exec "$VENV/bin/python" -m pytest -q -m "not slow and not integration" tests/engine tests/gateway tests/app "$@"
+    ;;
   *)
-    echo "usage: $0 serve [reranker serve flags] | test [pytest args]" >&2
+    echo "usage: $0 serve [reranker serve flags] | test [pytest args] | test-fast [pytest args]" >&2
     exit 2
     ;;
 esac

@@ -1,2 +1,2 @@
-"""Benchmarks, load reports and GPU checks. The service never imports them;
-`reranker report` imports bench.report when it runs."""
+"""Benchmarks and GPU checks, run from a checkout of the repository. The
+product never imports them (load reports are `launcher.report`)."""

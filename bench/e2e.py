@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from bench.loadgen import run_async
-from bench.models import REPO_ROOT, ModelSpec
+from bench.models import REPO_ROOT
+from rerank_engine.model_config import ModelConfig
 from bench.workload import Request
 from launcher.process import free_ports
 
@@ -155,7 +156,7 @@ async def _level(url: str, bodies: list[bytes], concurrency: int, duration_s: fl
         return await run_async(send, concurrency, duration_s, max_requests, bin_s)
 
 
-def run_model(url: str, spec: ModelSpec, requests: list[Request], singles: list[Request], settings,
+def run_model(url: str, spec: ModelConfig, requests: list[Request], singles: list[Request], settings,
               load_s: float | None, memory: GpuMemory, baseline_mib: int | None) -> dict:
     """Warm-up, the concurrency levels and the single-pair level of one model through the gateway."""
     import httpx
@@ -194,7 +195,7 @@ def switch(url: str, model: str, timeout_s: float) -> float | None:
     return load_s if load_s else None
 
 
-def run(specs: list[ModelSpec], pool: list[Request], singles: list[Request], settings, log_dir: Path,
+def run(specs: list[ModelConfig], pool: list[Request], singles: list[Request], settings, log_dir: Path,
         progress=print) -> dict[str, dict]:
     """Way (c) for every model: {model name: result or {"error": ...}}."""
     results: dict[str, dict] = {}

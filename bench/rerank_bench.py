@@ -1,4 +1,4 @@
-"""Issue 6's benchmark: each model measured three ways side by side, in one run,
+"""The rerank benchmark: each model measured four ways side by side, in one run,
 on the same workload and the same closed-loop clients:
 
   (a) seed-style baseline: the seed's scoring in plain transformers (fp32,
@@ -8,13 +8,17 @@ on the same workload and the same closed-loop clients:
       process, behind a batcher that does what the gateway's fan-out and
       Triton's dynamic batcher do (bench.inprocess);
   (c) end to end: HTTP /v1/rerank through the gateway and Triton, started
-      here with `reranker serve` or already running at --gateway-url (bench.e2e).
+      here with `reranker serve` or already running at --gateway-url (bench.e2e);
+  (d) the strongest baseline users run without a server: sentence-transformers
+      in fp16 for the encoders, the Qwen3 model card's recipe in bf16 with
+      length-sorted batches, each at its best batch size (bench.baseline).
 
 For each model and way: load time, peak GPU memory, and per concurrency level
 requests, pairs/s, tokens/s and latency p50/p90/p99; a single-pair latency
-level at concurrency 1; and (c)/(b) at the top concurrency (issue 6's goal:
-gateway + Triton cost <= 10% of the engine's throughput at saturation).
-Writes rerank_bench.json, rerank_bench.md and PNG plots (bench.report) into --out.
+level at concurrency 1; at the top concurrency (c)/(d), the headline (how much
+the server gains over the libraries), and (c)/(b) (the goal: gateway + Triton
+cost <= 10% of the engine's throughput at saturation).
+Writes rerank_bench.json, rerank_bench.md and PNG plots (launcher.report) into --out.
 
   python -m bench.random_models --models-dir /tmp/models --tokenizers ../shared/data/tokenizers bge-reranker-base
   python -m bench.rerank_bench --models-dir /tmp/models bge-reranker-base --out /tmp/bench
@@ -34,12 +38,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
-from bench import report
 from bench.inprocess import Batcher, request_sender
 from bench.loadgen import run_threads
-from bench.models import MODEL_REPOSITORY, RANDOM_WEIGHTS_MARKER, REPO_ROOT, ModelSpec, resolve
+from bench.models import MODEL_REPOSITORY, RANDOM_WEIGHTS_MARKER, REPO_ROOT, resolve
 from bench.workload import QUERY_WORDS, Request, describe, generate
+from launcher import report
+from rerank_engine.model_config import ModelConfig
 
 SCHEMA = "rerank_bench/1"
 DEFAULT_TOKENIZERS = REPO_ROOT.parent / "shared" / "data" / "tokenizers"
@@ -65,14 +71,61 @@ def log(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# (a) and (b): in this process
+# (a), (b) and (d): in this process
 
 
 def _pairs(requests: list[Request]) -> list[list[tuple[str, str]]]:
     return [[(r.query, d) for d in r.documents] for r in requests]
 
 
-def run_inprocess(way: str, spec: ModelSpec, folder: Path, pool: list[Request], singles: list[Request],
+@dataclass
+class InProcessWay:
+    """What a way scores with, and how the batcher feeds it."""
+
+    score: Callable[[list[tuple[str, str]]], list[int]]  # pairs -> tokens per pair
+    dtype: str
+    chunk_pairs: int  # pairs per submitted chunk (a request is cut into chunks)
+    max_pairs: int  # pairs per scoring call
+    window_s: float
+    notes: dict
+
+
+def _seed_style(spec: ModelConfig, folder: Path, device) -> InProcessWay:
+    import torch
+
+    from bench.baseline import SEED_BATCH_PAIRS, SEED_BATCH_WINDOW_S, SeedStyleScorer
+
+    # torch's default, as the seed ran; the engine's load_scorer turns cuDNN attention off process-wide.
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    scorer = SeedStyleScorer(folder, spec.scorer, spec.max_length, device)
+    return InProcessWay(lambda pairs: scorer.score(pairs)[1], "float32", 1, SEED_BATCH_PAIRS, SEED_BATCH_WINDOW_S, {})
+
+
+def _engine(spec: ModelConfig, folder: Path, device, engine_params: dict[str, str]) -> InProcessWay:
+    from rerank_engine.engine import EngineConfig, load_scorer
+    from rerank_engine.pairs import Pair
+
+    # As model_repository/reranker_model.py builds it, from the same config.pbtxt parameters.
+    config = EngineConfig.from_parameters({**spec.parameters, **engine_params}, spec.max_batch_size, spec.name)
+    scorer = load_scorer(dataclasses.replace(config, weights_path=str(folder)), device)
+    dtype = str(config.torch_dtype(device)).removeprefix("torch.")
+    return InProcessWay(lambda pairs: scorer.score([Pair(q, d) for q, d in pairs]).num_tokens.tolist(), dtype,
+                        spec.max_batch_size, spec.max_batch_size, spec.max_queue_delay_us / 1e6,
+                        {"engine_params": engine_params or None})
+
+
+def _libraries(spec: ModelConfig, folder: Path, device, pool: list[Request], docs: int) -> InProcessWay:
+    from bench.baseline import LibraryScorer
+
+    scorer = LibraryScorer(folder, spec.scorer, spec.max_length, device)
+    best = scorer.tune([pair for pairs in _pairs(pool[:8]) for pair in pairs])
+    log(f"(d) {spec.name}: batch size {best} ({scorer.sweep} pairs/s)")
+    # Whole requests go in; a scoring call takes as many as fit the best batch size (at least one).
+    return InProcessWay(lambda pairs: scorer.score(pairs)[1], scorer.dtype, docs, max(best, docs), 0.005,
+                        {"batch_size": best, "batch_size_sweep_pairs_per_s": scorer.sweep})
+
+
+def run_inprocess(way: str, spec: ModelConfig, folder: Path, pool: list[Request], singles: list[Request],
                   settings: Settings, device_name: str, engine_params: dict[str, str]) -> dict:
     import torch
 
@@ -84,34 +137,14 @@ def run_inprocess(way: str, spec: ModelSpec, folder: Path, pool: list[Request], 
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     if way == "a":
-        from bench.baseline import SEED_BATCH_PAIRS, SEED_BATCH_WINDOW_S, SeedStyleScorer
-
-        # torch's default, as the seed ran; the engine's load_scorer turns cuDNN attention off process-wide.
-        torch.backends.cuda.enable_cudnn_sdp(True)
-        scorer = SeedStyleScorer(folder, spec.scorer, spec.max_length, device)
-
-        def score(pairs):
-            return scorer.score(pairs)[1]
-
-        dtype, chunk, max_pairs, delay_s = "float32", 1, SEED_BATCH_PAIRS, SEED_BATCH_WINDOW_S
-        policy = {"chunk_pairs": 1, "max_batch_pairs": SEED_BATCH_PAIRS, "window_s": SEED_BATCH_WINDOW_S}
+        chosen = _seed_style(spec, folder, device)
+    elif way == "b":
+        chosen = _engine(spec, folder, device, engine_params)
     else:
-        from rerank_engine.engine import EngineConfig, load_scorer
-        from rerank_engine.scoring import Pair
-
-        # As model_repository/reranker_model.py builds it, from the same config.pbtxt parameters.
-        config = EngineConfig.from_parameters({**spec.parameters, **engine_params})
-        config = dataclasses.replace(config, weights_path=str(folder))
-        scorer = load_scorer(config, device)
-
-        def score(pairs):
-            return scorer.score([Pair(q, d) for q, d in pairs]).num_tokens.tolist()
-
-        dtype = str(config.torch_dtype(device)).removeprefix("torch.")
-        chunk = max_pairs = spec.max_batch_size
-        delay_s = spec.max_queue_delay_us / 1e6
-        policy = {"chunk_pairs": chunk, "max_batch_pairs": max_pairs, "window_s": delay_s,
-                  "engine_params": engine_params or None}
+        chosen = _libraries(spec, folder, device, pool, len(pool[0].documents))
+    score, dtype, chunk, max_pairs, delay_s = (chosen.score, chosen.dtype, chosen.chunk_pairs, chosen.max_pairs,
+                                               chosen.window_s)
+    policy = {"chunk_pairs": chunk, "max_batch_pairs": max_pairs, "window_s": delay_s, **chosen.notes}
     if cuda:
         torch.cuda.synchronize(device)
     load_s = time.perf_counter() - started
@@ -207,7 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("models", nargs="+", help="Triton names, aliases (bge, qwen4b, ...) or weights folders")
-    parser.add_argument("--ways", nargs="+", choices=("a", "b", "c"), default=["a", "b", "c"])
+    parser.add_argument("--ways", nargs="+", choices=("a", "b", "c", "d"), default=["a", "b", "c", "d"])
     parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("RERANKER_MODELS_DIR", "models")))
     parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
     parser.add_argument("--random-weights", action="store_true",
@@ -247,43 +280,46 @@ PARTIAL = "rerank_bench.partial.json"
 """Written after each in-process way, removed once rerank_bench.json is written."""
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    started_at = datetime.now(timezone.utc)
-    out = args.out or Path("bench_results") / f"rerank-{started_at:%Y%m%dT%H%M%SZ}"
-    out.mkdir(parents=True, exist_ok=True)
-    specs = [resolve(name, args.model_repository) for name in args.models]
-    device = args.device or (_default_device() if {"a", "b"} & set(args.ways) else None)
-    engine_params = dict(item.split("=", 1) for item in args.engine_param)
-    if args.random_weights:
-        import torch
+WAY_TEXTS = {
+    "a": "the seed's recipe in plain transformers, fp32; single pairs queued, at most 8 per forward pass "
+         "in arrival order (no length sorting), padded per batch; Qwen3 reads the full-vocabulary "
+         "logits; C client threads in this process",
+    "b": "rerank_engine (load_scorer + score) in this process, dtype as config.pbtxt says; requests cut "
+         "into chunks of max_batch_size pairs and merged by one worker into batches of at most "
+         "max_batch_size pairs within max_queue_delay (the gateway's fan-out and Triton's dynamic "
+         "batcher, emulated); C client threads",
+    "c": "HTTP POST /v1/rerank through the gateway and Triton{where}; C asyncio clients (httpx), latency "
+         "measured at the client",
+    "d": "what users run without a server, in this process: sentence-transformers (CrossEncoder for bge, "
+         "SentenceTransformer for MiniLM) in fp16, or the Qwen3 model card's transformers recipe in bf16 "
+         "with length-sorted batches; at the best batch size found at load; whole requests merged by one "
+         "worker up to that size; C client threads",
+}
 
-        from bench.random_models import ARCHITECTURES, build
 
-        for spec in specs:
-            if spec.folder not in ARCHITECTURES:
-                raise SystemExit(f"no random-weight architecture for {spec.folder}; give it real weights")
-            log(f"building random weights for {spec.folder} (kept if already built)")
-            build(spec.folder, args.models_dir, args.tokenizers,
-                  "cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16)
-    settings = Settings(
-        concurrency=sorted(set(args.concurrency)), duration_s=args.duration, requests=args.requests,
-        warmup=args.warmup, single_pair_requests=args.single_pair_requests, bin_s=args.bin,
-        request_timeout_s=args.request_timeout, stack_timeout_s=args.stack_timeout, gateway_url=args.gateway_url,
-        model_repository=args.model_repository, models_dir=args.models_dir,
-    )
-    baseline_settings = dataclasses.replace(settings, concurrency=sorted(set(args.baseline_concurrency
-                                                                             or args.concurrency)))
+def build_random_weights(args: argparse.Namespace, specs: list[ModelConfig]) -> None:
+    import torch
+
+    from bench.random_models import ARCHITECTURES, build
+
+    for spec in specs:
+        if spec.weights_folder not in ARCHITECTURES:
+            raise SystemExit(f"no random-weight architecture for {spec.weights_folder}; give it real weights")
+        log(f"building random weights for {spec.weights_folder} (kept if already built)")
+        build(spec.weights_folder, args.models_dir, args.tokenizers,
+              "cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16)
+
+
+def run_header(args: argparse.Namespace, argv: list[str] | None, started_at: datetime, specs: list[ModelConfig],
+               device: str | None, settings: Settings, baseline: Settings) -> dict:
+    """Everything the JSON says about the run before any figure: command, environment, workload, ways."""
     doc_words = tuple(args.doc_tokens)
-    pool = generate(args.pool, args.docs, args.seed, doc_words)
-    # A few distinct single pairs (none for --single-pair-requests 0), sent round robin like the pool.
-    singles = generate(min(args.single_pair_requests, 16), 1, args.seed + 1, doc_words)
-    on_gpu = _has_gpu()
     labels = {spec.name: weights_label(spec.weights_dir(args.models_dir), args.random_weights, args.weights_label)
               for spec in specs}
     level_rule = (f"{args.requests} requests per level" if args.requests else
                   f"{args.duration:g} s per level, each client's first request always sent")
-    data = {
+    where = f" at {args.gateway_url}" if args.gateway_url else " (reranker serve started here)"
+    return {
         "schema": SCHEMA,
         "started": started_at.isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench.rerank_bench", *(argv if argv is not None else sys.argv[1:])]),
@@ -291,64 +327,79 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": labels[specs[0].name] if len(set(labels.values())) == 1 else "see each model",
         "settings": {
             "ways": args.ways, "concurrency": settings.concurrency,
-            "baseline_concurrency": baseline_settings.concurrency, "docs": args.docs, "doc_tokens": list(doc_words),
+            "baseline_concurrency": baseline.concurrency, "docs": args.docs, "doc_tokens": list(doc_words),
             "query_tokens": QUERY_WORDS + 2, "pool": args.pool, "seed": args.seed, "duration_s": args.duration,
             "requests": args.requests, "warmup": args.warmup, "single_pair_requests": args.single_pair_requests,
             "device": device, "gateway_url": args.gateway_url, "workload": describe(args.docs, doc_words),
             "level_rule": level_rule,
         },
-        "ways": {
-            way: text for way, text in {
-                "a": "the seed's recipe in plain transformers, fp32; single pairs queued, at most 8 per forward pass "
-                     "in arrival order (no length sorting), padded per batch; Qwen3 reads the full-vocabulary "
-                     "logits; C client threads in this process",
-                "b": "rerank_engine (load_scorer + score) in this process, dtype as config.pbtxt says; requests cut "
-                     "into chunks of max_batch_size pairs and merged by one worker into batches of at most "
-                     "max_batch_size pairs within max_queue_delay (the gateway's fan-out and Triton's dynamic "
-                     "batcher, emulated); C client threads",
-                "c": "HTTP POST /v1/rerank through the gateway and Triton "
-                     + (f"at {args.gateway_url}" if args.gateway_url else "(reranker serve started here)")
-                     + "; C asyncio clients (httpx), latency measured at the client",
-            }.items() if way in args.ways
-        },
+        "ways": {way: text.format(where=where) for way, text in WAY_TEXTS.items() if way in args.ways},
         "models": [
-            {"model": spec.name, "folder": spec.folder, "scorer": spec.scorer, "weights": labels[spec.name],
-             "max_batch_size": spec.max_batch_size, "ways": {}}
+            {"model": spec.name, "folder": spec.weights_folder, "scorer": spec.scorer, "weights": labels[spec.name],
+             "max_batch_size": spec.max_batch_size, "precision": spec.precision, "ways": {}}
             for spec in specs
         ],
     }
+
+
+def measure(args: argparse.Namespace, specs: list[ModelConfig], data: dict, out: Path, device: str | None,
+            settings: Settings, baseline: Settings, pool: list[Request], singles: list[Request]) -> None:
+    """Every way of every model into `data`: the in-process ways model by model, then (c) through one stack."""
     entries = {entry["model"]: entry for entry in data["models"]}
-    partial = out / PARTIAL
-
-    def checkpoint() -> None:
-        # A run stopped part-way (a `timeout`, a lost machine) still leaves what it measured.
-        partial.write_text(json.dumps(data, indent=1))
-
+    engine_params = dict(item.split("=", 1) for item in args.engine_param)
     for spec in specs:
-        for way in [w for w in ("a", "b") if w in args.ways]:
+        for way in [w for w in ("a", "b", "d") if w in args.ways]:
             try:
                 entries[spec.name]["ways"][way] = run_inprocess(
                     way, spec, spec.weights_dir(args.models_dir), pool, singles,
-                    baseline_settings if way == "a" else settings, device, engine_params if way == "b" else {})
+                    baseline if way == "a" else settings, device, engine_params if way == "b" else {})
             except Exception as exc:  # one way's failure (out of memory, say) must not lose the rest
                 log(f"({way}) {spec.name} failed: {exc!r}")
                 entries[spec.name]["ways"][way] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-            checkpoint()
+            # A run stopped part-way (a `timeout`, a lost machine) still leaves what it measured.
+            (out / PARTIAL).write_text(json.dumps(data, indent=1))
     if "c" in args.ways:
         from bench import e2e
 
+        on_gpu = _has_gpu()
         for name, result in e2e.run(specs, pool, singles, settings, out, progress=log).items():
             result.setdefault("dtype", next(s for s in specs if s.name == name).serving_dtype(on_gpu))
             entries[name]["ways"]["c"] = result
+
+
+def write_results(data: dict, out: Path) -> None:
     for entry in data["models"]:
         entry["comparisons"] = report.comparisons(entry)
     data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path = out / "rerank_bench.json"
     path.write_text(json.dumps(data, indent=1))
-    partial.unlink(missing_ok=True)
-    written = [path, *report.render_bench(data, out, "rerank_bench")]
-    for file in written:
+    (out / PARTIAL).unlink(missing_ok=True)
+    for file in [path, *report.render_bench(data, out, "rerank_bench")]:
         print(file)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started_at = datetime.now(timezone.utc)
+    out = args.out or Path("bench_results") / f"rerank-{started_at:%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
+    specs = [resolve(name, args.model_repository) for name in args.models]
+    device = args.device or (_default_device() if {"a", "b", "d"} & set(args.ways) else None)
+    if args.random_weights:
+        build_random_weights(args, specs)
+    settings = Settings(
+        concurrency=sorted(set(args.concurrency)), duration_s=args.duration, requests=args.requests,
+        warmup=args.warmup, single_pair_requests=args.single_pair_requests, bin_s=args.bin,
+        request_timeout_s=args.request_timeout, stack_timeout_s=args.stack_timeout, gateway_url=args.gateway_url,
+        model_repository=args.model_repository, models_dir=args.models_dir,
+    )
+    baseline = dataclasses.replace(settings, concurrency=sorted(set(args.baseline_concurrency or args.concurrency)))
+    pool = generate(args.pool, args.docs, args.seed, tuple(args.doc_tokens))
+    # A few distinct single pairs (none for --single-pair-requests 0), sent round robin like the pool.
+    singles = generate(min(args.single_pair_requests, 16), 1, args.seed + 1, tuple(args.doc_tokens))
+    data = run_header(args, argv, started_at, specs, device, settings, baseline)
+    measure(args, specs, data, out, device, settings, baseline, pool, singles)
+    write_results(data, out)
     return data
 
 

@@ -13,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gateway.protocol import UNION_TAGS
+from pydantic import BaseModel
+
+from gateway import protocol
 
 
 class ErrorKind(str, Enum):
@@ -28,6 +30,7 @@ class ErrorKind(str, Enum):
     BACKEND_TIMEOUT = "backend_timeout"
     OVERLOADED = "overloaded"
     BACKEND_ERROR = "backend_error"
+    INVALID_MODEL_OUTPUT = "invalid_model_output"
 
 
 STATUS = {
@@ -42,6 +45,7 @@ STATUS = {
     ErrorKind.BACKEND_TIMEOUT: 504,
     ErrorKind.OVERLOADED: 429,
     ErrorKind.BACKEND_ERROR: 500,
+    ErrorKind.INVALID_MODEL_OUTPUT: 500,
 }
 
 
@@ -64,6 +68,33 @@ def error_body(kind: ErrorKind, message: str, field: str | None = None) -> dict:
     return body
 
 
+def _request_field_names() -> frozenset[str]:
+    models = [value for value in vars(protocol).values()
+              if isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel]
+    return frozenset(name for model in models for field_name, info in model.model_fields.items()
+                     for name in (field_name, info.alias) if name)
+
+
+FIELD_NAMES = _request_field_names()
+"""Every field of the API's models: the parts of a validation error's location that name something."""
+
+
+def field_path(location: tuple, unknown: bool = False) -> str:
+    """pydantic's error location as the client wrote the body: `documents[0].text`.
+
+    Locations also hold the names of union members and validators (`function-after[_clean(), str]`,
+    `RerankDocument`, a discriminator's tag); they name no part of the body and are left out. With
+    `unknown` (an extra field that is not allowed) the last part is the client's own field name.
+    """
+    path = ""
+    for index, part in enumerate(location):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in FIELD_NAMES or (unknown and index == len(location) - 1 and part != "body"):
+            path += f".{part}" if path else part
+    return path or "body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -73,13 +104,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         request.state.error_type = ErrorKind.INVALID_REQUEST.value
-        first = exc.errors()[0]
-        if first.get("type") == "json_invalid":  # loc holds a character offset, not a field
+        errors = exc.errors()
+        if errors[0].get("type") == "json_invalid":  # loc holds a character offset, not a field
+            first = errors[0]
             message = f"body: invalid JSON at character {first['loc'][-1]} ({first.get('ctx', {}).get('error', '')})"
             return JSONResponse(error_body(ErrorKind.INVALID_REQUEST, message, "body"), status_code=422)
-        location = [str(part) for part in first.get("loc", ()) if part != "body" and part not in UNION_TAGS]
-        field = ".".join(location) or "body"
-        message = f"{field}: {first.get('msg', 'invalid value')}"
+        # A value that fits no member of a union fails once per member; the deepest path is the specific
+        # one (a document object without "text" fails as a string at documents[0] and for its missing
+        # field at documents[0].text).
+        paths = [field_path(error.get("loc", ()), unknown=error.get("type") == "extra_forbidden") for error in errors]
+        deepest = max(range(len(errors)), key=lambda i: (paths[i].count(".") + paths[i].count("["), -i))
+        field = paths[deepest]
+        message = f"{field}: {errors[deepest].get('msg', 'invalid value')}"
         return JSONResponse(error_body(ErrorKind.INVALID_REQUEST, message, field), status_code=422)
 
     @app.exception_handler(HTTPException)

@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 from gateway.errors import ErrorKind, GatewayError
+from gateway.leases import Leases
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from gateway.triton import ModelInfo, TritonBackend
+from gateway.triton import InferenceBackend
+from rerank_engine import catalog
+from rerank_engine.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,14 @@ class ModelsView:
 
 
 class ModelManager:
-    def __init__(self, triton: TritonBackend, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    def __init__(self, triton: InferenceBackend, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self.triton = triton
         self.settings = settings
         self.metrics = metrics
         self.active: str | None = None
-        self.loaded: dict[str, ModelInfo] = {}  # the models this gateway has seen READY
+        self.loaded: dict[str, ModelConfig] = {}  # the models this gateway has seen READY
+        self.leases = Leases()
         self._switch_lock = asyncio.Lock()
-        self._leases: Counter[str] = Counter()
-        self._drained: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._triton_was_down = False
 
     async def start(self) -> None:
@@ -63,7 +64,7 @@ class ModelManager:
         deadline = time.monotonic() + self.settings.triton_startup_timeout_s
         while not await self.triton.is_live():
             if time.monotonic() > deadline:
-                log.error("Triton at %s is not live; starting without an active model", self.triton.url)
+                log.error("Triton at %s is not live; starting without an active model", self.settings.triton_url)
                 self._triton_was_down = True  # the watcher loads the default model once Triton is up
                 return
             await asyncio.sleep(0.5)
@@ -101,17 +102,21 @@ class ModelManager:
                     if not await self.triton.is_ready(model):
                         log.warning("Triton is back without %s; loading it again", model)
                         await self.triton.load(model)
-                    self.loaded[model] = await self.triton.model_info(model)
+                    self.loaded[model] = await self.triton.model_config(model)
             except GatewayError as exc:
                 log.error("could not restore %s after Triton came back: %s", wanted, exc.message)
                 return
             self.active = self.active or wanted[0]
             self.metrics.set_active(self.active)
 
+    def _known_name(self, name: str) -> str:
+        """An alias or a catalog model's hub id to its Triton name; anything else unchanged."""
+        return self.settings.model_aliases.get(name) or catalog.HUB_IDS.get(name) or name
+
     async def resolve(self, name: str, field: str = "model_name") -> str:
-        """An alias or Triton model name to a Triton model name."""
-        if name in self.settings.model_aliases:
-            return self.settings.model_aliases[name]
+        """An alias, hub id or Triton model name to a Triton model name."""
+        if name in self.settings.model_aliases or name in catalog.HUB_IDS:
+            return self._known_name(name)
         names = [m.name for m in await self.triton.repository()]
         if name in names:
             return name
@@ -121,27 +126,24 @@ class ModelManager:
         )
 
     @asynccontextmanager
-    async def lease(self, requested: str | None = None) -> AsyncIterator[ModelInfo]:
+    async def lease(self, requested: str | None = None) -> AsyncIterator[ModelConfig]:
         """The named model if it is loaded, else the active one, held until the block ends."""
         model = await self._loaded_model(requested) if requested else self.active
         if model is None:
             raise GatewayError(ErrorKind.NO_ACTIVE_MODEL, "no model is active; POST /switch_model to load one")
-        self._leases[model] += 1
-        self._drained[model].clear()
+        self.leases.acquire(model)
         try:
             yield self.loaded[model]
         finally:
-            self._leases[model] -= 1
-            if self._leases[model] == 0:
-                self._drained[model].set()
+            self.leases.release(model)
 
     async def _loaded_model(self, requested: str) -> str:
-        model = self.settings.model_aliases.get(requested, requested)
+        model = self._known_name(requested)
         if model in self.loaded:  # the common case costs no call to Triton
             return model
         model = await self.resolve(requested, field="model")
         if model not in self.loaded and await self.triton.is_ready(model):
-            self.loaded[model] = await self.triton.model_info(model)  # loaded by another gateway
+            self.loaded[model] = await self.triton.model_config(model)  # loaded by another gateway
         if model not in self.loaded:
             loaded = ", ".join(sorted(self.loaded)) or "none"
             raise GatewayError(
@@ -170,7 +172,7 @@ class ModelManager:
                 load_time = time.perf_counter() - started
                 if not await self.triton.is_ready(target):
                     raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
-            self.loaded[target] = await self.triton.model_info(target)
+            self.loaded[target] = await self.triton.model_config(target)
             self.active = target
             self.metrics.set_active(target)
             if previous and previous != target and not keep_loaded:
@@ -178,12 +180,9 @@ class ModelManager:
             return SwitchResult(target, previous, load_time)
 
     async def _drain_and_unload(self, model: str) -> None:
-        if self._leases[model]:
-            try:
-                await asyncio.wait_for(self._drained[model].wait(), self.settings.drain_timeout_s)
-            except asyncio.TimeoutError:
-                log.warning("%s still has %d requests after %.0f s; unloading anyway (Triton finishes them)",
-                            model, self._leases[model], self.settings.drain_timeout_s)
+        if not await self.leases.drained(model, self.settings.drain_timeout_s):
+            log.warning("%s still has %d requests after %.0f s; unloading anyway (Triton finishes them)",
+                        model, self.leases.held(model), self.settings.drain_timeout_s)
         self.loaded.pop(model, None)
         try:
             await self.triton.unload(model)

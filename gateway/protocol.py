@@ -7,9 +7,8 @@ for an integer, which the schema says are invalid)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
-
 import re
+from typing import Annotated, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from rerank_engine import catalog
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -155,9 +155,6 @@ class RerankResponse(BaseModel):
     meta: RerankMeta
 
 
-UNION_TAGS = ("pair-form", "list-form")
-"""Tags of the /rerank body union; they are not fields, so error messages leave them out."""
-
 RerankAnyRequest = Annotated[
     Union[Annotated[RerankPairRequest, Tag("pair-form")], Annotated[RerankRequest, Tag("list-form")]],
     Discriminator(lambda body: "list-form" if isinstance(body, dict) and "documents" in body else "pair-form"),
@@ -225,7 +222,7 @@ class SwitchModelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"model_name": "bge"}]})
 
     model_name: str = Field(
-        min_length=1, description="An alias (bge, qwen4b, qwen8b, minilm) or a Triton model name."
+        min_length=1, description=f"An alias ({catalog.alias_list()}), a Hugging Face id or a Triton model name."
     )
     keep_loaded: bool = Field(
         False, description="Keep the previous model loaded, so requests can still name it (memory allowing)."

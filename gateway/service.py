@@ -8,6 +8,8 @@ import asyncio
 import uuid
 from typing import Sequence
 
+import numpy as np
+
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import RequestRecord
 from gateway.model_manager import ModelManager
@@ -27,11 +29,12 @@ from gateway.protocol import (
     SwitchModelResponse,
 )
 from gateway.settings import GatewaySettings
-from gateway.triton import ModelInfo, ScoreOutputs, TritonBackend
+from gateway.triton import InferenceBackend, ScoreOutputs
+from rerank_engine.model_config import ModelConfig
 
 
 class RerankService:
-    def __init__(self, triton: TritonBackend, models: ModelManager, settings: GatewaySettings) -> None:
+    def __init__(self, triton: InferenceBackend, models: ModelManager, settings: GatewaySettings) -> None:
         self.triton = triton
         self.models = models
         self.max_documents = settings.max_documents_per_request
@@ -98,7 +101,7 @@ class RerankService:
 
     async def _score(
         self,
-        model: ModelInfo,
+        model: ModelConfig,
         queries: Sequence[str],
         documents: Sequence[str],
         instruction: str | None = None,
@@ -109,7 +112,7 @@ class RerankService:
             record.model = model.name  # set first: a request that fails is still counted under its model
         # Chunks of at most max_batch_size go out concurrently, so Triton's
         # dynamic batcher can merge them with other clients' work.
-        size = model.max_batch_size
+        size = max(model.max_batch_size, 1)
         chunks = await asyncio.gather(
             *(
                 self.triton.score(
@@ -119,6 +122,7 @@ class RerankService:
             )
         )
         outputs = ScoreOutputs.concatenate(chunks)
+        _require_finite(outputs, model)
         if record is not None:
             record.record_scores(outputs)
         return outputs
@@ -144,7 +148,20 @@ class RerankService:
         return HealthResponse(status=status, triton_live=live, active_model=active)
 
 
-def _refuse_truncated(outputs: ScoreOutputs, model: ModelInfo, field: str) -> None:
+def _require_finite(outputs: ScoreOutputs, model: ModelConfig) -> None:
+    """A NaN or infinite score is the model's failure: a clear error, never a NaN sorted into the results
+    or a JSON encoder's crash (TEI refuses them the same way)."""
+    bad = ~np.isfinite(outputs.score)
+    if bad.any():
+        index = int(bad.argmax())
+        raise GatewayError(
+            ErrorKind.INVALID_MODEL_OUTPUT,
+            f"{model.name} returned a non-finite score ({outputs.score[index]}) for pair {index} "
+            f"({int(bad.sum())} of {len(bad)}); the weights or the precision of the model are broken",
+        )
+
+
+def _refuse_truncated(outputs: ScoreOutputs, model: ModelConfig, field: str) -> None:
     """`truncate: false`: a pair over the model's limit is an error naming it and its length."""
     if outputs.truncated.any():
         index = int(outputs.truncated.argmax())

@@ -6,12 +6,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_ALIASES = {
-    "bge": "bge-reranker-base",
-    "qwen4b": "qwen3-reranker-4b",
-    "qwen8b": "qwen3-reranker-8b",
-    "minilm": "minilm-l6",
-}
+from rerank_engine import catalog
 
 
 class GatewaySettings(BaseSettings):
@@ -24,8 +19,9 @@ class GatewaySettings(BaseSettings):
         "minilm-l6", description="Model (alias or Triton name) loaded and made active at start-up."
     )
     model_aliases: dict[str, str] = Field(
-        default_factory=lambda: dict(DEFAULT_ALIASES),
-        description="Short names accepted by /switch_model, mapped to Triton model names (JSON object).",
+        default_factory=lambda: dict(catalog.ALIASES),
+        description="Short names accepted wherever a model is named, mapped to Triton model names (JSON object); "
+        "Hugging Face ids of the catalog's models are accepted as well.",
     )
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one inference call to Triton.")
     model_load_timeout_s: float = Field(1800.0, gt=0, description="Deadline of one model load (large weights).")

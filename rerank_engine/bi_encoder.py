@@ -13,16 +13,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rerank_engine.scoring import Encoded, Pair, Scorer
+from rerank_engine.pairs import Pair
+from rerank_engine.scoring import Encoded, Scorer
 from rerank_engine.tokens import SpecialTokenTemplate, raw_tokenizer, token_ids
 
 
 class BiEncoderScorer(Scorer):
     def __init__(self, model, tokenizer, **kwargs) -> None:
-        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
         self.model = model
         self.tokenizer = raw_tokenizer(tokenizer)
         self.template = SpecialTokenTemplate.from_tokenizer(self.tokenizer, pair=False)
+        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
 
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
         # One row per distinct (text, cap): a query has no cap, a document may have the request's.

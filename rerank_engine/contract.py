@@ -22,6 +22,11 @@ OUTPUT_TRUNCATED = "truncated"
 OUTPUT_COMPUTE_US = "compute_us"
 """Microseconds the engine spent on the batch this request was scored in (tokenize + forward)."""
 
+SCORE_OUTPUTS = (OUTPUT_SCORE, OUTPUT_RAW_SCORE, OUTPUT_NUM_TOKENS, OUTPUT_INPUT_TOKENS, OUTPUT_TRUNCATED)
+"""Per-pair outputs, each the engine's `Scores` field of the same name, in the order the gateway reads them."""
+OUTPUTS = (*SCORE_OUTPUTS, OUTPUT_COMPUTE_US)
+"""Every output a model returns (and config.pbtxt declares)."""
+
 REQUEST_PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"
 """Optional per-request Triton parameter: cut each document to this many tokens first."""
 REQUEST_PARAM_SENT_AT_NS = "sent_at_ns"
@@ -34,6 +39,9 @@ PARAM_DTYPE = "dtype"
 PARAM_MAX_LENGTH = "max_length"
 PARAM_MAX_BATCH_TOKENS = "max_batch_tokens"
 PARAM_WEIGHTS_HINT = "weights_hint"
+"""What to run when the weights folder is missing; the catalog's hint for the models this project ships."""
+PARAM_QUANTIZATION = "quantization"
+"""`none` (the default) or `fp8`: E4M3 weights and per-token activations for the linear layers."""
 PARAM_BATCH_LOG = "batch_log"
 """`info` (default), `verbose` (only with tritonserver --log-verbose) or `off`: the per-batch JSON log line."""
 PARAM_CUDA_GRAPHS = "cuda_graphs"
@@ -41,8 +49,14 @@ PARAM_CUDA_GRAPHS = "cuda_graphs"
 PARAM_PACKED = "packed"
 """`auto` (the default), `true` or `false`, cross_encoder and qwen3_reranker only: padding-free batches.
 `auto` turns them on where FlashAttention's variable-length kernel runs (CUDA, float16/bfloat16)."""
+PARAM_GPU_MEMORY_BUDGET_MIB = "gpu_memory_budget_mib"
+"""GPU only: the most device memory (MiB) one instance's allocator may hold. At load the engine checks
+its heaviest batch against it and shrinks `max_batch_tokens` until that fits, or fails the load."""
 PARAM_PREFIX_REUSE = "prefix_reuse"
 """`true` (the default) or `false`, qwen3_reranker only: run the prompt head shared by a query's documents once."""
+
+DEFAULT_MAX_LENGTH = 512
+"""`max_length` when config.pbtxt leaves it out."""
 
 SCORER_CROSS_ENCODER = "cross_encoder"
 SCORER_QWEN3 = "qwen3_reranker"

@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rerank_engine.scoring import Encoded, Pair, Scorer
+from rerank_engine.pairs import Pair
+from rerank_engine.scoring import Encoded, Scorer
 from rerank_engine.tokens import SpecialTokenTemplate, longest_first_lengths, raw_tokenizer, token_ids
 
 
@@ -18,10 +19,10 @@ class CrossEncoderScorer(Scorer):
     def __init__(self, model, tokenizer, **kwargs) -> None:
         if model.config.num_labels != 1:
             raise ValueError(f"a cross-encoder reranker has one output label, this model has {model.config.num_labels}")
-        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
         self.model = model
         self.tokenizer = raw_tokenizer(tokenizer)
         self.template = SpecialTokenTemplate.from_tokenizer(self.tokenizer, pair=True)
+        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
 
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
         queries = list(dict.fromkeys(p.query for p in pairs))
@@ -36,14 +37,16 @@ class CrossEncoderScorer(Scorer):
             uncut.append(len(query) + len(doc) + self.template.num_special)
         return Encoded(sequences, *self.counts(sequences, uncut))
 
-    def use_packed(self) -> None:
+    @classmethod
+    def packable(cls, model) -> bool:
+        return model.config.model_type in ("xlm-roberta", "roberta")
+
+    def packed_forward(self):
         from rerank_engine.packed import PackedXLMRoberta
 
-        if self.model.config.model_type not in ("xlm-roberta", "roberta"):
+        if not self.packable(self.model):
             raise ValueError(f"no packed forward for {self.model.config.model_type} models")
-        packed = PackedXLMRoberta(self.model)
-        self.position_start = packed.position_start
-        self.packed = packed
+        return PackedXLMRoberta(self.model)
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]

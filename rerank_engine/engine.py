@@ -1,8 +1,9 @@
 """Building a scorer from a model's `config.pbtxt` parameters.
 
 `EngineConfig.from_parameters` validates the parameters; `load_scorer` resolves
-the weights folder, picks dtype and device, loads model and tokenizer, and
-warms the model up so the first real request does not pay for lazy set-up.
+the weights folder, picks dtype and device, loads model and tokenizer, builds
+the scorer with its execution choices (packed, CUDA graphs) and memory budget,
+and prepares it, so the first real request pays for no lazy set-up.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Mapping
 
 import torch
 
-from rerank_engine import contract
+from rerank_engine import catalog, contract
+from rerank_engine.model_config import serving_dtype
 from rerank_engine.packed import varlen_kernel_available
-from rerank_engine.scoring import Pair, Scorer
+from rerank_engine.scoring import Execution, Scorer
 from rerank_engine.weights import require_weights, resolve_weights_path
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,10 @@ class EngineConfig:
     prefix_reuse: bool = True  # Qwen3 only: run each query's shared prompt head once
     cuda_graphs: bool = False  # GPU only: replay micro-batches from captured CUDA graphs
     packed: str = "auto"  # padding-free batches: auto (where the varlen kernel runs), true or false
+    gpu_memory_budget_mib: int | None = None  # GPU only: the most device memory the model's allocator may hold
 
     @classmethod
-    def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256) -> "EngineConfig":
+    def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256, model_name: str = "") -> "EngineConfig":
         def need(key: str) -> str:
             if not params.get(key):
                 raise ValueError(f"config.pbtxt parameter '{key}' is required")
@@ -84,20 +87,16 @@ class EngineConfig:
             max_length=max_length,
             max_batch_tokens=max(positive_int(contract.PARAM_MAX_BATCH_TOKENS, 16384), max_length),
             max_batch_size=max_batch_size,
-            weights_hint=params.get(contract.PARAM_WEIGHTS_HINT, ""),
+            weights_hint=params.get(contract.PARAM_WEIGHTS_HINT) or catalog.download_hint(model_name),
             prefix_reuse=prefix_reuse,
             cuda_graphs=flag(contract.PARAM_CUDA_GRAPHS, "false"),
             packed=packed,
+            gpu_memory_budget_mib=(positive_int(contract.PARAM_GPU_MEMORY_BUDGET_MIB, 1)
+                                   if params.get(contract.PARAM_GPU_MEMORY_BUDGET_MIB) else None),
         )
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
-        if self.dtype != "auto":
-            return DTYPES[self.dtype]
-        if device.type == "cpu":
-            return torch.float32
-        # Qwen3 was trained in bf16 and its activations overflow fp16; the
-        # encoders keep fp16's extra mantissa bits.
-        return torch.bfloat16 if self.scorer == contract.SCORER_QWEN3 else torch.float16
+        return DTYPES[serving_dtype(self.scorer, self.dtype, on_gpu=device.type == "cuda")]
 
 
 def resolve_device(instance_kind: str, device_id: int | str = 0) -> torch.device:
@@ -137,6 +136,9 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         torch.backends.cuda.enable_cudnn_sdp(False)
     log.info("loading %s from %s as %s on %s", config.scorer, folder, dtype, device)
     model = auto_model.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    # Inference only: parameters that require gradients make any pass outside inference mode record
+    # autograd history, which a captured CUDA graph's output would keep alive.
+    model.requires_grad_(False)
     if config.max_length > (limit := position_limit(model.config)):
         raise ValueError(f"max_length {config.max_length} is over the {limit} positions {folder.name} was trained for")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -147,23 +149,20 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         max_length=config.max_length,
         max_batch_tokens=config.max_batch_tokens,
         max_batch_size=config.max_batch_size,
+        execution=_execution(config, scorer_cls, model, device, dtype),
+        memory_budget_bytes=config.gpu_memory_budget_mib * 2**20 if config.gpu_memory_budget_mib else None,
         **options,
     )
-    if config.packed == "true" or (
-        config.packed == "auto" and config.scorer in PACKED_SCORERS and varlen_kernel_available(device, dtype)
-    ):
-        try:
-            scorer.use_packed()
-        except ValueError:
-            if config.packed == "true":
-                raise
-            log.info("no packed forward for this model: running padded micro-batches", exc_info=True)
-    if config.cuda_graphs:
-        if device.type == "cuda":
-            from rerank_engine import cuda_graphs
-
-            cuda_graphs.install(scorer)
-        else:
-            log.info("cuda_graphs is on, but %s is not a CUDA device: running eagerly", device)
-    scorer.score([Pair("warm-up query", "warm-up document")])
+    scorer.prepare()
     return scorer
+
+
+def _execution(config: EngineConfig, scorer_cls: type[Scorer], model, device: torch.device,
+               dtype: torch.dtype) -> Execution:
+    packable = scorer_cls.packable(model)
+    if config.packed == "true" and not packable:
+        raise ValueError(f"packed: true, but there is no packed forward for {model.config.model_type} models")
+    packed = packable and (config.packed == "true" or (config.packed == "auto" and varlen_kernel_available(device, dtype)))
+    if config.cuda_graphs and device.type != "cuda":
+        log.info("cuda_graphs is on, but %s is not a CUDA device: running eagerly", device)
+    return Execution(packed=packed, cuda_graphs=config.cuda_graphs and device.type == "cuda")

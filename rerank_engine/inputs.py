@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from rerank_engine import contract
-from rerank_engine.scoring import Pair
+from rerank_engine.pairs import Pair
 
 
 class InvalidRequest(ValueError):

@@ -117,24 +117,35 @@ def pack(heads: Sequence[Sequence[int]], rows: Sequence[Row], device: torch.devi
     )
 
 
+KEYS_PER_TOKEN = 4
+"""A chunk's gathered keys (each row's head keys, then its own) are kept under this many times its token
+budget. Tokens alone do not bound them: a long query's head is packed once but gathered for every
+document, so 1,000 one-token documents under an 8,000-token query would gather 8 million keys."""
+
+
 def plan_packed(heads: Sequence[Sequence[int]], rows: Sequence[Row], max_tokens: int) -> list[list[int]]:
-    """Row indices in chunks whose packed tokens - rows plus the heads they need - stay under `max_tokens`.
+    """Row indices in chunks whose packed tokens - rows plus the heads they need - stay under `max_tokens`,
+    and whose gathered keys stay under `KEYS_PER_TOKEN * max_tokens`.
 
     Rows keep their order (no padding, so nothing is gained by sorting); a row
-    that alone is over the budget gets a chunk of its own.
+    that alone is over a budget gets a chunk of its own.
     """
+    max_keys = KEYS_PER_TOKEN * max_tokens
     chunks: list[list[int]] = []
     current: list[int] = []
     used: set[int] = set()
-    tokens = 0
+    tokens = keys = 0
     for index, (head, own) in enumerate(rows):
-        cost = len(own) + (len(heads[head]) if head is not None and head not in used else 0)
-        if current and tokens + cost > max_tokens:
+        head_length = len(heads[head]) if head is not None else 0
+        cost = len(own) + (head_length if head is not None and head not in used else 0)
+        row_keys = len(own) + head_length
+        if current and (tokens + cost > max_tokens or keys + row_keys > max_keys):
             chunks.append(current)
-            current, used, tokens = [], set(), 0
-            cost = len(own) + (len(heads[head]) if head is not None else 0)
+            current, used, tokens, keys = [], set(), 0, 0
+            cost = len(own) + head_length
         current.append(index)
         tokens += cost
+        keys += row_keys
         if head is not None:
             used.add(head)
     if current:

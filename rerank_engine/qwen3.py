@@ -21,20 +21,12 @@ import numpy as np
 import torch
 
 from rerank_engine.batching import plan_micro_batches
+from rerank_engine.packing import KEYS_PER_TOKEN
 from rerank_engine.prefix_cache import SharedPrefix, group_by_head, worth_reusing
-from rerank_engine.scoring import Encoded, Pair, Scorer
+from rerank_engine.qwen3_prompt import ASSISTANT_SUFFIX, DEFAULT_INSTRUCTION, SYSTEM_PREFIX, format_body
+from rerank_engine.pairs import Pair, RunStats
+from rerank_engine.scoring import Encoded, Scorer
 from rerank_engine.tokens import raw_tokenizer, token_ids
-
-SYSTEM_PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
-    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-ASSISTANT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-
-
-def format_body(instruction: str, query: str, document: str) -> str:
-    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 
 
 @dataclass
@@ -44,7 +36,6 @@ class PromptEncoded(Encoded):
 
 class Qwen3RerankerScorer(Scorer):
     def __init__(self, model, tokenizer, *, prefix_reuse: bool = True, **kwargs) -> None:
-        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
         self.model = model
         self.prefix_reuse = prefix_reuse
         self.tokenizer = raw_tokenizer(tokenizer)
@@ -53,6 +44,7 @@ class Qwen3RerankerScorer(Scorer):
         no_id, yes_id = tokenizer.convert_tokens_to_ids(["no", "yes"])
         # Row 0 = "no", row 1 = "yes", so softmax(...)[1] is P(yes).
         self.answer_rows = model.get_output_embeddings().weight[[no_id, yes_id]].detach().float()
+        super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
         if self.max_length <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_length {self.max_length} leaves no room for the Qwen3 prompt")
 
@@ -88,16 +80,20 @@ class Qwen3RerankerScorer(Scorer):
             raise ValueError(f"the instruction alone is longer than the {budget}-token body budget")
         return head
 
-    def use_packed(self) -> None:
+    @classmethod
+    def packable(cls, model) -> bool:
+        return model.config.model_type == "qwen3" and not getattr(model.config, "use_sliding_window", False)
+
+    def packed_forward(self):
         from rerank_engine.packed import PackedQwen3
 
-        if self.model.config.model_type != "qwen3":
+        if not self.packable(self.model):
             raise ValueError(f"no packed forward for {self.model.config.model_type} models")
         decoder = PackedQwen3(self.model.model)
-        self.packed = lambda batch: self._yes_no(decoder(batch))
+        return lambda batch: self._yes_no(decoder(batch))
 
     @torch.inference_mode()
-    def infer(self, encoded: PromptEncoded) -> torch.Tensor:
+    def infer(self, encoded: PromptEncoded) -> tuple[torch.Tensor, RunStats]:
         sequences = encoded.sequences
         if not self.prefix_reuse:
             return self.run(sequences)
@@ -106,27 +102,30 @@ class Qwen3RerankerScorer(Scorer):
         order: list[int] = []
         outputs: list[torch.Tensor] = []
         whole: list[int] = []
+        run = RunStats()
         for head, members in group_by_head(sequences, encoded.head_lengths).items():
             if not worth_reusing(head, members):
                 whole.extend(members)
                 continue
             prefix = SharedPrefix(self.model.model, self._to_device(torch.tensor([head])))
-            self.account(prefix.length, prefix.length)
+            run = run.plus(prefix.length, prefix.length)
             tails = [sequences[i][len(head) :] for i in members]
             # A row attends over prefix + tail keys (and the cache holds them all),
             # so it is budgeted at that length, as the whole sequence would be.
             widths = [prefix.length + len(tail) for tail in tails]
             for batch in plan_micro_batches(widths, self.max_batch_tokens, self.max_batch_size):
                 input_ids, attention_mask, lengths = self._pad([tails[j] for j in batch])
-                self.account(sum(len(tails[j]) for j in batch), input_ids.numel())
+                run = run.plus(sum(len(tails[j]) for j in batch), input_ids.numel())
                 outputs.append(self._answer(prefix.run_tails(input_ids, attention_mask), lengths))
                 order.extend(members[j] for j in batch)
         if whole:
-            outputs.append(self.run([sequences[i] for i in whole]))
+            rest, rest_run = self.run([sequences[i] for i in whole])
+            outputs.append(rest)
             order.extend(whole)
-        return self.gather(outputs, order)
+            run += rest_run
+        return self.gather(outputs, order), run
 
-    def infer_packed(self, sequences: list[list[int]], head_lengths: list[int]) -> torch.Tensor:
+    def infer_packed(self, sequences: list[list[int]], head_lengths: list[int]) -> tuple[torch.Tensor, RunStats]:
         """Each query's head once per packed chunk, its documents' tails attending to it.
 
         Unlike the padded path this needs no minimum group size: the head is
@@ -138,8 +137,16 @@ class Qwen3RerankerScorer(Scorer):
             heads.append(head)
             rows.extend((len(heads) - 1, sequences[i][len(head) :]) for i in members)
             order.extend(members)
-        outputs = self.run_packed(heads, rows)
-        return outputs[torch.argsort(torch.tensor(order))]
+        outputs, run = self.run_packed(heads, rows)
+        return outputs[torch.argsort(torch.tensor(order))], run
+
+    def heaviest_batches(self) -> None:
+        super().heaviest_batches()
+        if self.packed is not None and self.prefix_reuse:
+            # A long query's head, gathered for as many short documents as the key budget allows.
+            head, tail = [self.pad_id] * (self.max_length // 2), [self.pad_id] * 16
+            count = max(1, KEYS_PER_TOKEN * self.max_batch_tokens // (len(head) + len(tail)))
+            self.run_packed([head], [(0, tail)] * count)
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

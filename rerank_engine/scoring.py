@@ -1,29 +1,38 @@
 """The scorer skeleton every model kind shares: pre (tokenize and truncate),
-core (length-sorted micro-batches through the network), post (activation).
+core (micro-batches through the network), post (activation).
 
 Subclasses say how pairs become token sequences, what one forward pass returns
-per sequence, and how those outputs become scores.
+per sequence, and how those outputs become scores. How the network runs is
+chosen once, at construction (`Execution`): padded micro-batches, packed
+(padding-free) batches, and CUDA-graph replay of small padded ones.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from rerank_engine.batching import plan_micro_batches
-from rerank_engine.packing import Row, pack_chunk, plan_packed
-from rerank_engine.telemetry import RunStats
+from rerank_engine.packing import Packed, Row, pack_chunk, plan_packed
+from rerank_engine.pairs import Pair, RunStats, Scores
+
+log = logging.getLogger(__name__)
+
+PackedForward = Callable[[Packed], torch.Tensor]
+"""One packed batch in, one float row per scored row out."""
 
 
-class Pair(NamedTuple):
-    query: str
-    document: str
-    instruction: str | None = None
-    max_document_tokens: int | None = None  # a caller's own cap on the document, before the model's limit
+@dataclass(frozen=True)
+class Execution:
+    """How a scorer runs its network; from config.pbtxt's `packed` and `cuda_graphs` parameters."""
+
+    packed: bool = False  # padding-free batches; a scorer that cannot pack its model refuses it (ValueError)
+    cuda_graphs: bool = False  # CUDA only: small padded micro-batches replay graphs captured at load
 
 
 @dataclass
@@ -37,17 +46,13 @@ class Encoded:
     rows: np.ndarray | None = None  # per pair, the sequences it scores from (None: sequence i is pair i)
 
 
-@dataclass
-class Scores:
-    score: np.ndarray  # float32, per pair
-    raw_score: np.ndarray  # float32, per pair
-    num_tokens: np.ndarray  # int32, per pair
-    input_tokens: np.ndarray  # int32, per pair
-    truncated: np.ndarray  # bool, per pair
-
-
 class Scorer(ABC):
-    """Scores (query, document) pairs with one model on one device."""
+    """Scores (query, document) pairs with one model on one device.
+
+    Lifecycle: construct (the model is on its device), `prepare()` once (graph
+    captures and a first pass, so no live request pays for them), then
+    `score()` from one thread at a time.
+    """
 
     def __init__(
         self,
@@ -57,20 +62,93 @@ class Scorer(ABC):
         max_batch_tokens: int,
         max_batch_size: int,
         pad_id: int,
+        execution: Execution = Execution(),
+        memory_budget_bytes: int | None = None,
     ) -> None:
         self.device = device
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.pad_id = pad_id
+        self.memory_budget_bytes = memory_budget_bytes
+        self.packed: PackedForward | None = self.packed_forward() if execution.packed else None
+        self.position_start = getattr(self.packed, "position_start", 0)  # the model's first position id
+        self.graphs = None
+        self.graph_rows = 0  # with packing on, calls of at most this many sequences still run padded (graphs)
+        if execution.cuda_graphs:
+            from rerank_engine.cuda_graphs import PACKED_HANDOFF_ROWS, GraphedForward
+
+            self.graphs = GraphedForward(self.forward, pad_id, device, max_batch_tokens)
+            self.graph_rows = PACKED_HANDOFF_ROWS
+
+    @classmethod
+    def packable(cls, model) -> bool:
+        """Whether this scorer has a packed forward for `model`'s architecture."""
+        return False
+
+    def packed_forward(self) -> PackedForward:
+        """The padding-free forward for this scorer's model (called when `Execution.packed` is on)."""
+        raise ValueError(f"{type(self).__name__} has no packed forward")
+
+    def prepare(self) -> None:
+        """What no live request should pay for: CUDA graph captures, the memory check, then a first pass.
+
+        On a GPU the allocator is capped at the memory budget, and the heaviest
+        batches a request can cause run once: while they do not fit, the token
+        budget of a micro-batch is halved. Every later batch stays under those
+        budgets, so no request the API accepts runs out of memory.
+        """
+        cuda = self.device.type == "cuda"
+        if cuda and self.memory_budget_bytes:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self.memory_budget_bytes / total), self.device)
+        if self.graphs is not None:
+            self.graphs.prepare(self.graph_rows, self.max_length)
+        if cuda:
+            self.fit_memory()
+        self.score([Pair("warm-up query", "warm-up document")])
+
+    def fit_memory(self) -> None:
+        """Halve `max_batch_tokens` until the heaviest batches run without running out of memory."""
+        cuda = self.device.type == "cuda"
+        while True:
+            try:
+                self.heaviest_batches()
+                if cuda:
+                    torch.cuda.synchronize(self.device)
+                break
+            except torch.OutOfMemoryError:
+                if cuda:
+                    torch.cuda.empty_cache()
+                if self.max_batch_tokens // 2 < self.max_length:
+                    budget = f"{self.memory_budget_bytes / 2**20:.0f} MiB" if self.memory_budget_bytes else "none"
+                    held = torch.cuda.memory_allocated(self.device) / 2**20 if cuda else 0.0
+                    raise MemoryError(
+                        f"one {self.max_length}-token sequence does not fit in GPU memory (budget: {budget}; the "
+                        f"model holds {held:.0f} MiB): raise gpu_memory_budget_mib or lower max_length"
+                    ) from None
+                self.max_batch_tokens //= 2
+                log.warning("the heaviest batch does not fit in GPU memory: max_batch_tokens now %d",
+                            self.max_batch_tokens)
+        if cuda:
+            torch.cuda.empty_cache()
+            log.info("memory check: peak %.0f MiB reserved (budget %s MiB), max_batch_tokens %d",
+                     torch.cuda.max_memory_reserved(self.device) / 2**20,
+                     round(self.memory_budget_bytes / 2**20) if self.memory_budget_bytes else "none",
+                     self.max_batch_tokens)
+
+    def heaviest_batches(self) -> None:
+        """Run the micro-batches that take the most memory: a full token budget of longest sequences.
+        A scorer whose batches can grow some other way (Qwen3's gathered head keys) adds its own."""
+        longest = [[self.pad_id] * self.max_length] * max(1, self.max_batch_tokens // self.max_length)
+        self.run(longest)
 
     def score(self, pairs: Sequence[Pair]) -> Scores:
         if not pairs:
             empty, none = np.zeros(0, np.float32), np.zeros(0, np.int32)
             return Scores(empty, empty, none, none, np.zeros(0, bool))
         encoded = self.encode(pairs)
-        self.last_run = RunStats(0, 0, 0)
-        outputs = self.infer(encoded)
+        outputs, run = self.infer(encoded)
         score, raw = self.finalize(encoded, outputs)
         return Scores(
             score=score.astype(np.float32, copy=False),
@@ -78,6 +156,7 @@ class Scorer(ABC):
             num_tokens=encoded.num_tokens,
             input_tokens=encoded.input_tokens,
             truncated=encoded.truncated,
+            run=run,
         )
 
     @abstractmethod
@@ -103,56 +182,39 @@ class Scorer(ABC):
     def finalize(self, encoded: Encoded, outputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-sequence outputs (in `encode` order) to (score, raw_score) per pair."""
 
-    packed = None
-    """The padding-free forward (`rerank_engine.packed`), set by `use_packed`; when set it replaces
-    padded micro-batches: one `Packed` batch in, one float row per scored row out."""
-    position_start = 0
-    """The model's first position id, for packed batches."""
-    graph_rows = 0
-    """With packing on, calls of at most this many sequences still run padded (`cuda_graphs.install` sets it)."""
-
-    def use_packed(self) -> None:
-        """Run packed (padding-free) batches from now on; ValueError if this model cannot."""
-        raise ValueError(f"{type(self).__name__} has no packed forward")
-
-    last_run: RunStats | None = None
-    """Micro-batches and tokens (with and without padding) of the latest `score` call, for telemetry."""
-
-    def account(self, tokens: int, padded_tokens: int) -> None:
-        """Count one padded forward pass in `last_run`."""
-        run = self.last_run or RunStats(0, 0, 0)
-        self.last_run = RunStats(run.micro_batches + 1, run.tokens + tokens, run.padded_tokens + padded_tokens)
-
-    def infer(self, encoded: Encoded) -> torch.Tensor:
-        """Per-sequence outputs, in `encode` order. A scorer that knows which
+    def infer(self, encoded: Encoded) -> tuple[torch.Tensor, RunStats]:
+        """Per-sequence outputs, in `encode` order, and how they were run. A scorer that knows which
         sequences share work (Qwen3's per-query prompt head) overrides this."""
         return self.run(encoded.sequences)
 
     @torch.inference_mode()
-    def run(self, sequences: list[list[int]]) -> torch.Tensor:
+    def run(self, sequences: list[list[int]]) -> tuple[torch.Tensor, RunStats]:
         if self.packed is not None and len(sequences) > self.graph_rows:
             return self.run_packed([], [(None, s) for s in sequences])
+        forward = self.graphs or self.forward
         lengths = [len(s) for s in sequences]
         order: list[int] = []
         outputs: list[torch.Tensor] = []
+        run = RunStats()
         for group in plan_micro_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             input_ids, attention_mask, group_lengths = self._pad([sequences[i] for i in group])
-            self.account(sum(lengths[i] for i in group), input_ids.numel())
-            outputs.append(self.forward(input_ids, attention_mask, group_lengths).float())
+            run = run.plus(sum(lengths[i] for i in group), input_ids.numel())
+            outputs.append(forward(input_ids, attention_mask, group_lengths).float())
             order.extend(group)
-        return self.gather(outputs, order)
+        return self.gather(outputs, order), run
 
     @torch.inference_mode()
-    def run_packed(self, heads: Sequence[Sequence[int]], rows: Sequence[Row]) -> torch.Tensor:
+    def run_packed(self, heads: Sequence[Sequence[int]], rows: Sequence[Row]) -> tuple[torch.Tensor, RunStats]:
         """Per-row outputs, in `rows` order, from packed chunks under the token budget."""
         order: list[int] = []
         outputs: list[torch.Tensor] = []
+        run = RunStats()
         for chunk in plan_packed(heads, rows, self.max_batch_tokens):
             batch = pack_chunk(heads, rows, chunk, self.device, self.position_start)
-            self.account(batch.tokens, batch.tokens)
+            run = run.plus(batch.tokens, batch.tokens)
             outputs.append(self.packed(batch).float())
             order.extend(chunk)
-        return self.gather(outputs, order)
+        return self.gather(outputs, order), run
 
     @staticmethod
     def gather(outputs: list[torch.Tensor], order: list[int]) -> torch.Tensor:

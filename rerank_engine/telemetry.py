@@ -14,18 +14,11 @@ from typing import Callable
 
 import torch
 
+from rerank_engine.pairs import RunStats
+
 BATCH_LOG_LEVELS = ("info", "verbose", "off")
 PAIR_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """How the engine ran one call: micro-batches, and tokens with and without padding."""
-
-    micro_batches: int
-    tokens: int
-    padded_tokens: int
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,7 @@ class BatchTelemetry:
     def record(self, *, requests: int, rejected: int, pairs: int, run: RunStats | None,
                sent_at_ns: list[int], started_ns: int, compute_s: float) -> BatchRecord:
         now, peak = gpu_memory(self.device)
-        run = run or RunStats(0, 0, 0)
+        run = run or RunStats()
         record = BatchRecord(
             model=self.model, requests=requests, rejected=rejected, pairs=pairs, tokens=run.tokens,
             padded_tokens=run.padded_tokens, micro_batches=run.micro_batches,

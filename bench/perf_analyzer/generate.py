@@ -19,19 +19,19 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.models import MODEL_REPOSITORY, ModelSpec, repository_models
+from bench.models import MODEL_REPOSITORY, repository_models
+from rerank_engine.model_config import ModelConfig
 from bench.workload import describe, generate
+from rerank_engine.qwen3_prompt import DEFAULT_INSTRUCTION
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-QWEN3_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-"""rerank_engine.qwen3.DEFAULT_INSTRUCTION, repeated so that generating needs no torch (a test checks they agree)."""
 
 
 def _tensor(text: str) -> dict:
     return {"content": [text], "shape": [1]}
 
 
-def model_data(spec: ModelSpec, requests: int, docs: int, seed: int) -> tuple[dict, int]:
+def model_data(spec: ModelConfig, requests: int, docs: int, seed: int) -> tuple[dict, int]:
     """perf_analyzer's input data for one model, and the batch size (-b) it is laid out for."""
     batch = min(docs, spec.max_batch_size)
     entries = []
@@ -39,7 +39,7 @@ def model_data(spec: ModelSpec, requests: int, docs: int, seed: int) -> tuple[di
         for document in request.documents:
             entry = {"query": _tensor(request.query), "document": _tensor(document)}
             if spec.scorer == "qwen3_reranker":
-                entry["instruction"] = _tensor(QWEN3_INSTRUCTION)
+                entry["instruction"] = _tensor(DEFAULT_INSTRUCTION)
             entries.append(entry)
     return {"data": entries}, batch
 

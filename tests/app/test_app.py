@@ -167,6 +167,7 @@ async def test_lone_surrogates_are_cleaned_and_nul_bytes_scored(api):
         assert response.status_code == 200 and response.json()["results"][0]["index"] == 0
 
 
+@pytest.mark.slow
 async def test_requests_beyond_the_in_flight_bound_get_429(triton):
     settings = GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm",
                                max_concurrent_requests=1)

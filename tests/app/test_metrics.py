@@ -53,6 +53,7 @@ async def test_refusals_are_counted_by_reason(api):
         assert value(after, name, reason=reason) - value(before, name, reason=reason) == 1, reason
 
 
+@pytest.mark.slow
 async def test_switches_are_counted_and_move_the_active_model(api):
     response = await api.post("/switch_model", json={"model_name": "bge"})
     assert response.status_code == 200

@@ -64,7 +64,7 @@ async def test_ties_keep_document_order(api):
         ({"query": " ", "documents": ["a"]}, "query"),
         ({"query": QUERY, "documents": ["a"], "top_n": 0}, "top_n"),
         ({"query": QUERY, "documents": ["a"], "top_n": -2}, "top_n"),
-        ({"query": QUERY, "documents": [3]}, "documents.0"),
+        ({"query": QUERY, "documents": [3]}, "documents[0]"),
         ({"query": QUERY, "documents": ["a"], "max_tokens_per_doc": 0}, "max_tokens_per_doc"),
         ({"query": QUERY, "documents": ["a"], "instruction": "x" * 4097}, "instruction"),
         ({"query": QUERY, "documents": ["a"], "truncate": False, "max_tokens_per_doc": 9}, "body"),
@@ -89,11 +89,14 @@ async def test_fan_out_scores_like_single_pairs(api):
         body = (await api.post("/v1/rerank", json={"query": QUERY, "documents": documents})).json()
         listed = {r["index"]: r["relevance_score"] for r in body["results"]}
         singles = [(await api.post("/rerank", json={"query": QUERY, "document": d})).json()["score"] for d in documents]
-        assert [listed[i] for i in range(300)] == pytest.approx(singles, abs=1e-6)
+        # float32 on the CPU: a pair's score moves by ~1e-6 with its batch's size (the matrix kernels block
+        # differently), as in tests/engine/test_batching.py; 1.01e-6 was seen on a 2-core AVX2 machine.
+        assert [listed[i] for i in range(300)] == pytest.approx(singles, abs=1e-5)
     finally:
         await api.post("/switch_model", json={"model_name": "minilm"})
 
 
+@pytest.mark.slow
 async def test_per_request_model_and_keep_loaded(api, repository, models_dir):
     response = await api.post("/v1/rerank", json={"model": "bge", "query": QUERY, "documents": DOCUMENTS})
     assert response.status_code == 400 and response.json()["error_type"] == "model_not_loaded"
@@ -113,6 +116,7 @@ async def test_per_request_model_and_keep_loaded(api, repository, models_dir):
     assert "bge-reranker-base" not in (await api.get("/models")).json()["loaded"]
 
 
+@pytest.mark.slow
 async def test_instructions_reach_qwen3_and_are_ignored_elsewhere(api, repository, models_dir):
     body = (await api.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS, "instruction": "x"})).json()
     assert body["meta"]["warnings"] == ["instruction ignored: minilm-l6 is not a Qwen3 reranker"]
@@ -164,6 +168,7 @@ async def test_timing_headers(api):
     assert "x-total-time" in (await api.get("/health")).headers
 
 
+@pytest.mark.slow
 async def test_a_10_mb_document_is_truncated_and_scored(api):
     huge = "pandas eat bamboo all day long. " * (10 * 2**20 // 32)
     body = (await api.post("/v1/rerank", json={"query": QUERY, "documents": [huge, DOCUMENTS[1]]})).json()

@@ -19,8 +19,9 @@ from bench import rerank_bench
 from bench.baseline import SeedStyleScorer
 from bench.inprocess import Batcher, request_sender
 from bench.loadgen import percentile, run_async, run_threads
-from bench.models import ALIASES, resolve
+from bench.models import resolve
 from bench.workload import generate
+from launcher import report
 from rerank_engine.engine import EngineConfig, load_scorer
 from rerank_engine.scoring import Pair
 
@@ -117,9 +118,6 @@ def test_a_failing_batch_fails_its_requests_only():
 
 
 def test_model_names_resolve_like_the_gateway():
-    from gateway.settings import DEFAULT_ALIASES
-
-    assert ALIASES == DEFAULT_ALIASES
     assert resolve("qwen4b").name == resolve("Qwen3-Reranker-4B").name == "qwen3-reranker-4b"
     assert resolve("all-MiniLM-L6-v2").max_batch_size == 256
     with pytest.raises(SystemExit, match="unknown model 'gpt'"):
@@ -260,3 +258,40 @@ def test_a_default_model_that_cannot_load_fails_the_stack_start_at_once(tmp_path
     finally:
         serve.process.kill()
         serve.process.wait()
+
+
+@pytest.mark.parametrize("kind,folder,max_length", [("cross_encoder", "bge-reranker-base", 512),
+                                                     ("qwen3_reranker", "Qwen3-Reranker-4B", 8192),
+                                                     ("bi_encoder", "all-MiniLM-L6-v2", 256)])
+def test_the_library_baseline_scores_like_the_engine(models_dir, kind, folder, max_length):
+    """(d) is the strongest fair baseline only if it computes the same scores."""
+    from bench.baseline import LIBRARY_BATCH_SIZES, LibraryScorer
+
+    pairs = [(r.query, d) for r in generate(3, 4, seed=5, doc_words=(5, 40)) for d in r.documents]
+    library = LibraryScorer(models_dir / folder, kind, max_length, torch.device("cpu"))
+    best = library.tune(pairs, rounds=1)
+    assert best in LIBRARY_BATCH_SIZES[kind] and set(library.sweep) == set(LIBRARY_BATCH_SIZES[kind])
+    library.batch_size = 4  # several batches: the length sort must put every score back in its place
+    scores, tokens = library.score(pairs)
+    engine = load_scorer(EngineConfig(scorer=kind, weights_path=str(models_dir / folder), max_length=max_length),
+                         torch.device("cpu"))
+    want = engine.score([Pair(q, d) for q, d in pairs])
+    np.testing.assert_allclose(scores, want.score, atol=2e-5)
+    if kind != "bi_encoder":
+        assert tokens == want.num_tokens.tolist()
+
+
+def test_way_d_in_process_and_the_headline_ratio(models_dir, tmp_path):
+    out = tmp_path / "run"
+    data = rerank_bench.main(["bge", "--ways", "b", "d", "--models-dir", str(models_dir), "--out", str(out), *TINY])
+    ways = data["models"][0]["ways"]
+    assert ways["d"]["dtype"] == "float32" and ways["d"]["batching"]["batch_size"] in (16, 32, 64, 128, 256)
+    for level, concurrency in zip(ways["d"]["levels"], (1, 2), strict=True):
+        _check_level(level, concurrency)
+    assert ways["d"]["levels"][0]["tokens"] == ways["b"]["levels"][0]["tokens"]
+    # The headline compares the server (c) with the libraries (d); without (c) there is none.
+    assert "c_over_d" not in data["models"][0]["comparisons"]
+    assert report.comparisons({"ways": {"c": {"levels": [{"concurrency": 8, "pairs_per_s": 300.0}]},
+                                        "d": {"levels": [{"concurrency": 8, "pairs_per_s": 100.0}]}}}
+                              )["c_over_d"]["pairs_per_s_ratio"] == 3.0
+    assert "| (d) libraries, no server | 2 | 3 | 0 |" in (out / "rerank_bench.md").read_text()

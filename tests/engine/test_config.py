@@ -132,6 +132,16 @@ def test_load_scorer_fails_on_missing_weights_with_the_hint(monkeypatch, tmp_pat
     assert "run 'reranker weights bge'" in str(error.value)
 
 
+def test_a_catalog_model_gets_the_catalogs_hint_and_a_config_hint_wins():
+    from rerank_engine import catalog
+
+    shipped = EngineConfig.from_parameters(BASE, model_name="bge-reranker-base")
+    assert shipped.weights_hint == catalog.download_hint("bge") and "reranker weights bge" in shipped.weights_hint
+    assert EngineConfig.from_parameters({**BASE, "weights_hint": "ask Ann"}, model_name="bge-reranker-base"
+                                        ).weights_hint == "ask Ann"
+    assert EngineConfig.from_parameters(BASE, model_name="my-model").weights_hint == ""
+
+
 def test_non_ascii_digits_are_refused_with_the_validation_message():
     with pytest.raises(ValueError, match="'max_length' must be a positive integer"):
         EngineConfig.from_parameters({"scorer": "cross_encoder", "weights_path": "m", "max_length": "²"})

@@ -102,7 +102,7 @@ def test_by_default_only_large_groups_reuse(qwen, qwen_full, spy):
     ours = qwen.score(pairs)
     assert len(spy.prefixes) == 1 and spy.rows == len(many), "one prefix pass, for the 40-document group"
     # The run's telemetry counts the prefix once: the tokens the network ran, not those scored.
-    assert qwen.last_run.tokens == ours.num_tokens.sum() - (len(many) - 1) * spy.prefixes[0]
+    assert ours.run.tokens == ours.num_tokens.sum() - (len(many) - 1) * spy.prefixes[0]
     assert_same_scores(ours, qwen_full.score(pairs))
 
 
@@ -154,6 +154,7 @@ def test_truncated_pairs_equal_the_full_path_and_the_recipe(make_scorer, qwen_di
     assert ours.truncated[document_cut].sum() >= 3
 
 
+@pytest.mark.slow
 def test_bfloat16_reuse_is_as_close_to_float32_as_the_full_path(make_scorer, qwen_dir, qwen_full, small_groups, spy):
     """bf16 keeps 8 significant bits (a relative rounding error of 2^-9) at every
     activation; over the tiny model's two layers that puts the full path's

@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from gateway.errors import STATUS, ErrorKind
 from gateway.protocol import RerankPairRequest, SwitchModelRequest
-from gateway.settings import DEFAULT_ALIASES, GatewaySettings
+from gateway.settings import GatewaySettings
+from rerank_engine import catalog
 
 
 def test_pair_request_keeps_text_as_sent():
@@ -37,7 +38,7 @@ def test_settings_read_the_environment(monkeypatch):
 def test_settings_defaults_match_the_seed():
     settings = GatewaySettings()
     assert settings.port == 8000
-    assert settings.model_aliases == DEFAULT_ALIASES
+    assert settings.model_aliases == catalog.ALIASES
     assert {"bge", "qwen4b", "qwen8b", "minilm"} <= set(settings.model_aliases)
 
 

@@ -35,7 +35,8 @@ from itertools import groupby
 from pathlib import Path
 from typing import Callable
 
-WAY_NAMES = {"a": "(a) seed-style baseline", "b": "(b) engine direct", "c": "(c) gateway + Triton"}
+WAY_NAMES = {"a": "(a) seed-style baseline", "b": "(b) engine direct", "c": "(c) gateway + Triton",
+             "d": "(d) libraries, no server"}
 GOAL_RATIO = 0.9
 """Issue 6's goal: gateway + Triton cost at most 10% of the engine's direct throughput at saturation."""
 NO_MATPLOTLIB = "matplotlib is not installed, so no PNG plots were written (pip install matplotlib)"
@@ -137,14 +138,14 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def comparisons(model: dict) -> dict:
-    """(c)/(b) and (b)/(a) at the highest concurrency both ways measured, and (c)'s single-pair p50."""
+    """(c)/(d), (c)/(b) and (b)/(a) at the highest concurrency both ways measured, and (c)'s single-pair p50."""
     ways = model.get("ways", {})
 
     def levels(way: str) -> dict[int, dict]:
         return {level["concurrency"]: level for level in ways.get(way, {}).get("levels", [])}
 
     out: dict = {}
-    for top_way, bottom_way in (("c", "b"), ("b", "a")):
+    for top_way, bottom_way in (("c", "d"), ("c", "b"), ("b", "a")):
         top, bottom = levels(top_way), levels(bottom_way)
         common = sorted(set(top) & set(bottom))
         if not common:
@@ -158,7 +159,7 @@ def comparisons(model: dict) -> dict:
             "p50_ratio": _ratio(t.get("p50_ms"), b.get("p50_ms")),
             "p99_ratio": _ratio(t.get("p99_ms"), b.get("p99_ms")),
         }
-        if top_way == "c" and ratio is not None:
+        if (top_way, bottom_way) == ("c", "b") and ratio is not None:
             entry["gateway_triton_cost_pct"] = round((1 - ratio) * 100, 1)
             entry["meets_goal"] = ratio >= GOAL_RATIO
         out[f"{top_way}_over_{bottom_way}"] = entry
@@ -191,17 +192,19 @@ def bench_markdown(data: dict, plots: list[Path], plot_note: str | None = None) 
     headline = []
     for model in data.get("models", []):
         comp = model.get("comparisons") or comparisons(model)
-        cb, ba = comp.get("c_over_b", {}), comp.get("b_over_a", {})
+        cb, ba, cd = comp.get("c_over_b", {}), comp.get("b_over_a", {}), comp.get("c_over_d", {})
         goal = None if "meets_goal" not in cb else ("met" if cb["meets_goal"] else "**missed**")
         c_result = model.get("ways", {}).get("c", {})
         c_failed = sum(lv["failures"] for lv in c_result.get("levels", [])) if "levels" in c_result else None
         headline.append([
-            model["model"], cb.get("concurrency"), _fixed(cb.get("pairs_per_s_ratio"), "{:.3f}"),
+            model["model"], _fixed(cd.get("pairs_per_s_ratio"), "{:.2f}x"), cb.get("concurrency"),
+            _fixed(cb.get("pairs_per_s_ratio"), "{:.3f}"),
             _fixed(cb.get("gateway_triton_cost_pct"), "{:.1f}%"), goal, _fixed(cb.get("p99_ratio"), "{:.3f}"),
             comp.get("c_single_pair_p50_ms"), _fixed(ba.get("pairs_per_s_ratio"), "{:.2f}x"), c_failed,
         ])
     lines += ["## Headline", ""]
-    lines += _table(["model", "at concurrency", "(c)/(b) pairs/s", "gateway + Triton cost", "goal: cost <= 10%",
+    lines += _table(["model", "(c)/(d) pairs/s: server over libraries", "at concurrency", "(c)/(b) pairs/s",
+                     "gateway + Triton cost", "goal: cost <= 10%",
                      "(c)/(b) p99", "(c) single-pair p50 ms", "(b)/(a) pairs/s", "(c) failed requests"], headline)
     lines.append("")
     if plots:

@@ -1,0 +1,101 @@
+"""An in-memory stand-in for Triton (`gateway.triton.InferenceBackend`), for
+the model manager's fast unit tests: models load, unload and score in memory,
+with delays, failures and outages the test controls. The real-Triton tests
+(tests/app, tests/integration) remain the truth; this only makes the manager's
+logic testable in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import numpy as np
+
+from gateway.errors import ErrorKind, GatewayError
+from gateway.triton import ModelState, ScoreOutputs
+from rerank_engine.model_config import ModelConfig
+
+
+def model_config(name: str, max_batch_size: int = 8) -> ModelConfig:
+    return ModelConfig(name=name, max_batch_size=max_batch_size, max_queue_delay_us=100, inputs=(),
+                       parameters={"scorer": "cross_encoder", "max_length": "512"})
+
+
+class FakeTriton:
+    def __init__(self, *models: str) -> None:
+        self.configs = {name: model_config(name) for name in models}
+        self.states = {name: "" for name in models}
+        self.live = True
+        self.load_delay_s: dict[str, float] = {}
+        self.failing_loads: set[str] = set()
+        self.hold_scoring: asyncio.Event | None = None  # while set and not released, score() waits
+        self.events: list[tuple[str, str]] = []  # ("load" | "unload" | "score", model), in order
+        self.loading_now = 0
+        self.most_loading_at_once = 0
+
+    # --- what a test does to it
+    def crash(self) -> None:
+        """Triton dies: nothing answers, and a restarted Triton has nothing loaded."""
+        self.live = False
+        self.states = {name: "" for name in self.states}
+
+    def restart(self) -> None:
+        self.live = True
+
+    def ready(self) -> set[str]:
+        return {name for name, state in self.states.items() if state == "READY"}
+
+    # --- InferenceBackend
+    def _require_live(self) -> None:
+        if not self.live:
+            raise GatewayError(ErrorKind.BACKEND_UNAVAILABLE, "Triton is unreachable")
+
+    async def is_live(self) -> bool:
+        return self.live
+
+    async def repository(self) -> list[ModelState]:
+        self._require_live()
+        return [ModelState(name, state) for name, state in self.states.items()]
+
+    async def is_ready(self, model: str) -> bool:
+        return self.live and self.states.get(model) == "READY"
+
+    async def load(self, model: str) -> None:
+        self._require_live()
+        self.events.append(("load", model))
+        self.loading_now += 1
+        self.most_loading_at_once = max(self.most_loading_at_once, self.loading_now)
+        try:
+            await asyncio.sleep(self.load_delay_s.get(model, 0.0))
+            if model in self.failing_loads:
+                self.states[model] = "UNAVAILABLE"
+                raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"loading model {model}: weights folder missing")
+            self.states[model] = "READY"
+        finally:
+            self.loading_now -= 1
+
+    async def unload(self, model: str) -> None:
+        self._require_live()
+        self.events.append(("unload", model))
+        self.states[model] = "UNAVAILABLE"
+
+    async def model_config(self, model: str) -> ModelConfig:
+        if not await self.is_ready(model):
+            raise GatewayError(ErrorKind.MODEL_NOT_READY, f"model {model} is not ready")
+        return self.configs[model]
+
+    async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
+                    instruction: str | None = None, max_document_tokens: int | None = None) -> ScoreOutputs:
+        self._require_live()
+        if self.states.get(model) != "READY":
+            raise GatewayError(ErrorKind.MODEL_NOT_READY, f"Request for unknown model: '{model}' is not found")
+        self.events.append(("score", model))
+        if self.hold_scoring is not None:
+            await self.hold_scoring.wait()
+        n = len(documents)
+        # A score that says which model made it: the model's name length, per document.
+        score = np.full(n, len(model) / 100, np.float32)
+        return ScoreOutputs(score, score, np.ones(n, np.int32), np.ones(n, np.int32), np.zeros(n, bool), 0.0, 0.0)
+
+    async def close(self) -> None:
+        pass

@@ -93,8 +93,12 @@ COPY model_repository /workspace/model_repository
 # /workspace/models is where docker-compose.yml mounts ./models (read-only). The weights are
 # read from there only, so the hub is never asked for them.
 RUN mkdir -p /workspace/models
+# Triton listens on the container's own interface (the launcher's default is loopback): the gateway reaches
+# it over the compose network or the pod network, which decide who else can (compose publishes no Triton
+# port; the Kubernetes manifests add a NetworkPolicy).
 ENV RERANKER_MODEL_REPOSITORY=/workspace/model_repository \
     RERANKER_MODELS_DIR=/workspace/models \
+    RERANKER_TRITON_BIND_ADDRESS=0.0.0.0 \
     HF_HUB_OFFLINE=1
 # Triton's HTTP, gRPC (the gateway's) and metrics ports, moved off 8000 which the gateway takes.
 EXPOSE 8100 8101 8102

@@ -64,7 +64,7 @@ case "${1:-}" in
       system_packages test
       python_packages engine,triton,minilm,test
     fi
-    exec "$VENV/bin/python" -m pytest -q -m "not slow and not integration" tests/engine tests/gateway tests/app "$@"
+    exec "$VENV/bin/python" -m pytest -q -m "not slow and not integration" tests/engine tests/gateway tests/launcher tests/app "$@"
     ;;
   *)
     echo "usage: $0 serve [reranker serve flags] | test [pytest args] | test-fast [pytest args]" >&2

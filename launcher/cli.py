@@ -39,6 +39,8 @@ def _triton_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, TritonSettings, "triton_grpc_port", "--triton-grpc-port", type=int)
     _flag(parser, TritonSettings, "triton_metrics_port", "--triton-metrics-port", type=int)
     _flag(parser, TritonSettings, "tritonserver", "--tritonserver", type=Path)
+    _flag(parser, TritonSettings, "triton_bind_address", "--triton-bind-address")
+    _flag(parser, TritonSettings, "triton_config_name", "--triton-config-name")
 
 
 def _gateway_flags(parser: argparse.ArgumentParser, with_triton_url: bool) -> None:
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "triton":
         command, env = _triton_invocation(triton)
         os.execve(command[0], command, env)  # tritonserver takes over this process and its signals
-    gateway = GatewaySettings(**_given(args, GatewaySettings), triton_url=f"127.0.0.1:{triton.triton_grpc_port}")
+    host = "127.0.0.1" if triton.triton_bind_address in ("0.0.0.0", "::") else triton.triton_bind_address
+    gateway = GatewaySettings(**_given(args, GatewaySettings), triton_url=f"{host}:{triton.triton_grpc_port}")
     return _serve(triton, gateway)
 
 
@@ -130,7 +133,8 @@ def _client_mode(args: argparse.Namespace) -> int:
 
 
 def _triton_invocation(settings: TritonSettings) -> tuple[list[str], dict[str, str]]:
-    from launcher.tritonserver import TritonOptions, find_tritonserver, triton_command, triton_environment
+    from launcher.tritonserver import (TritonOptions, find_tritonserver, resolve_config_name, triton_command,
+                                       triton_environment)
 
     install = find_tritonserver(settings.tritonserver)
     options = TritonOptions(
@@ -140,10 +144,13 @@ def _triton_invocation(settings: TritonSettings) -> tuple[list[str], dict[str, s
         grpc_port=settings.triton_grpc_port,
         metrics_port=settings.triton_metrics_port,
         log_verbose=settings.triton_log_verbose,
+        bind_address=settings.triton_bind_address,
+        config_name=resolve_config_name(settings.triton_config_name),
     )
     if not any(options.model_repository.glob("*/config.pbtxt")):
         raise SystemExit(f"{options.model_repository} holds no Triton models (set --model-repository)")
-    log.info("tritonserver %s, repository %s, models %s", install.binary, options.model_repository, options.models_dir)
+    log.info("tritonserver %s, repository %s, models %s, listening on %s, model configs: %s", install.binary,
+             options.model_repository, options.models_dir, options.bind_address, options.config_name or "config.pbtxt")
     return triton_command(install, options), triton_environment(install, options, dict(os.environ))
 
 
@@ -163,7 +170,8 @@ def _serve(triton: TritonSettings, gateway: GatewaySettings) -> int:
     # If tritonserver dies, it is started again; the gateway then reloads its models.
     server = Supervised(command, env)
     try:
-        wait_until_live(f"http://127.0.0.1:{triton.triton_http_port}/v2/health/live", server.process,
+        host = gateway.triton_url.rpartition(":")[0]
+        wait_until_live(f"http://{host}:{triton.triton_http_port}/v2/health/live", server.process,
                         triton.triton_startup_timeout_s)
         return _run_gateway(gateway)
     finally:

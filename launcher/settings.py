@@ -31,5 +31,16 @@ class TritonSettings(BaseSettings):
     tritonserver: Path | None = Field(
         None, description="tritonserver binary; default: the one on PATH, else the nvidia-pytriton wheel's."
     )
+    triton_bind_address: str = Field(
+        "127.0.0.1",
+        description="Address Triton's HTTP, gRPC and metrics ports listen on. Loopback by default: only the "
+        "gateway talks to Triton, and its repository API can unload any model. 0.0.0.0 in a container or pod, "
+        "behind a network policy.",
+    )
+    triton_config_name: str = Field(
+        "auto",
+        description="Triton's --model-config-name: a model with configs/<name>.pbtxt loads that instead of "
+        "config.pbtxt. auto: 'gpu' when a GPU is visible, else none.",
+    )
     triton_log_verbose: int = Field(0, ge=0, description="tritonserver --log-verbose level.")
     triton_startup_timeout_s: float = Field(180.0, gt=0, description="How long `serve` waits for Triton.")

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -108,6 +109,33 @@ class TritonOptions:
     grpc_port: int
     metrics_port: int
     log_verbose: int = 0
+    bind_address: str = "127.0.0.1"
+    config_name: str | None = None  # --model-config-name: configs/<name>.pbtxt where a model has one
+
+
+def visible_gpus() -> int:
+    """GPUs this process can use, without importing torch: what nvidia-smi lists, less what
+    CUDA_VISIBLE_DEVICES hides. 0 without a driver."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return 0
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    count = sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+    return min(count, len(hidden.split(","))) if hidden else count
+
+
+def resolve_config_name(setting: str) -> str | None:
+    """`auto`: the `gpu` variant of a model's config where a GPU is visible (bge runs several instances per
+    GPU; a CPU server keeps one copy of each model); `none` or empty: config.pbtxt everywhere."""
+    if setting == "auto":
+        return "gpu" if visible_gpus() else None
+    return None if setting in ("", "none") else setting
 
 
 def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
@@ -115,8 +143,11 @@ def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
         str(install.binary),
         f"--model-repository={options.model_repository}",
         "--model-control-mode=explicit",
+        f"--http-address={options.bind_address}",
         f"--http-port={options.http_port}",
+        f"--grpc-address={options.bind_address}",
         f"--grpc-port={options.grpc_port}",
+        f"--metrics-address={options.bind_address}",
         f"--metrics-port={options.metrics_port}",
         "--allow-metrics=true",
         f"--log-verbose={options.log_verbose}",
@@ -125,6 +156,8 @@ def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
     ]
     if install.backend_dir is not None:
         command.append(f"--backend-directory={install.backend_dir}")
+    if options.config_name:
+        command.append(f"--model-config-name={options.config_name}")
     return command
 
 

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.loadgen import run_async
+from bench.loadgen import percentile, run_async
 from bench.models import REPO_ROOT
 from rerank_engine.model_config import ModelConfig
 from bench.workload import Request
@@ -139,21 +139,33 @@ def _bodies(requests: list[Request], model: str) -> list[bytes]:
     return [json.dumps({"query": r.query, "documents": list(r.documents), "model": model}).encode() for r in requests]
 
 
+TIMING_HEADERS = ("x-total-time", "x-queue-time", "x-inference-time")
+"""The gateway's own split of each request's time (ms): its whole handling, Triton's round trip less the
+engine's time (transport, queue, batching), and the engine's time for the batch the request rode in."""
+
+
 async def _level(url: str, bodies: list[bytes], concurrency: int, duration_s: float, max_requests: int | None,
                  bin_s: float, timeout_s: float) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timings: dict[str, list[float]] = {name: [] for name in TIMING_HEADERS}
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         async def send(number: int) -> tuple[int, int]:
             response = await client.post("/v1/rerank", content=bodies[number % len(bodies)],
                                          headers={"content-type": "application/json"})
             if response.status_code != 200:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            for name, values in timings.items():
+                if name in response.headers:
+                    values.append(float(response.headers[name]))
             answer = response.json()
             return len(answer["results"]), int(answer["usage"]["total_tokens"])
 
-        return await run_async(send, concurrency, duration_s, max_requests, bin_s)
+        level = await run_async(send, concurrency, duration_s, max_requests, bin_s)
+    level["gateway_p50_ms"] = {name.removeprefix("x-").removesuffix("-time"): percentile(values, 50)
+                               for name, values in timings.items() if values}
+    return level
 
 
 def run_model(url: str, spec: ModelConfig, requests: list[Request], singles: list[Request], settings,

@@ -8,6 +8,8 @@ use it on machines without it.
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 from rerank_engine import catalog
@@ -34,3 +36,16 @@ def resolve(name: str, repository: Path = MODEL_REPOSITORY) -> ModelConfig:
             return config
     valid = sorted({*models, *catalog.ALIASES, *(c.weights_folder for c in models.values())})
     raise SystemExit(f"unknown model {name!r}; valid names: {', '.join(valid)}")
+
+
+def repository_with_instances(source: Path, target: Path, count: int) -> Path:
+    """A copy of a model repository whose models all run `count` instances per device (every config
+    variant), for benchmarks that compare instance counts; the links to the shared model.py are kept."""
+    shutil.copytree(source, target, symlinks=True)
+    for config in [*target.glob("*/config.pbtxt"), *target.glob("*/configs/*.pbtxt")]:
+        text = config.read_text()
+        changed = re.sub(r"(instance_group\s*\[\s*\{\s*count:\s*)\d+", rf"\g<1>{count}", text)
+        if changed == text:
+            raise ValueError(f"{config}: no instance_group count to set")
+        config.write_text(changed)
+    return target

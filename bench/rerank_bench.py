@@ -23,6 +23,7 @@ Writes rerank_bench.json, rerank_bench.md and PNG plots (launcher.report) into -
   python -m bench.random_models --models-dir /tmp/models --tokenizers ../shared/data/tokenizers bge-reranker-base
   python -m bench.rerank_bench --models-dir /tmp/models bge-reranker-base --out /tmp/bench
   python -m bench.rerank_bench --ways c --gateway-url http://localhost:8000 bge   # a running gateway only
+  python -m bench.rerank_bench --merge RUN1/rerank_bench.json RUN2/rerank_bench.json OUT_DIR   # ways of two runs
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Callable
 
 from bench.inprocess import Batcher, request_sender
 from bench.loadgen import run_threads
-from bench.models import MODEL_REPOSITORY, RANDOM_WEIGHTS_MARKER, REPO_ROOT, resolve
+from bench.models import MODEL_REPOSITORY, RANDOM_WEIGHTS_MARKER, REPO_ROOT, repository_with_instances, resolve
 from bench.workload import QUERY_WORDS, Request, describe, generate
 from launcher import report
 from rerank_engine.model_config import ModelConfig
@@ -267,6 +268,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engine-param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config.pbtxt parameter for (b) only (e.g. prefix_reuse=false)")
     parser.add_argument("--gateway-url", help="for (c): a running gateway instead of starting reranker serve")
+    parser.add_argument("--instances", type=int,
+                        help="for (c): run every model with this many Triton instances per device (a copy of the "
+                             "repository with instance_group's count changed)")
     parser.add_argument("--request-timeout", type=float, default=600.0)
     parser.add_argument("--stack-timeout", type=float, default=900.0, help="start-up and model switch deadline")
     parser.add_argument("--out", type=Path, help="default: bench_results/rerank-<UTC time>")
@@ -331,6 +335,7 @@ def run_header(args: argparse.Namespace, argv: list[str] | None, started_at: dat
             "query_tokens": QUERY_WORDS + 2, "pool": args.pool, "seed": args.seed, "duration_s": args.duration,
             "requests": args.requests, "warmup": args.warmup, "single_pair_requests": args.single_pair_requests,
             "device": device, "gateway_url": args.gateway_url, "workload": describe(args.docs, doc_words),
+            "instances": args.instances or "as config.pbtxt (or configs/gpu.pbtxt on a GPU) says",
             "level_rule": level_rule,
         },
         "ways": {way: text.format(where=where) for way, text in WAY_TEXTS.items() if way in args.ways},
@@ -378,7 +383,30 @@ def write_results(data: dict, out: Path) -> None:
         print(file)
 
 
+def merge(paths: list[Path], out: Path) -> dict:
+    """One result from runs of different ways on the same machine and workload (say (d) run by another
+    Python, whose packages (sentence-transformers' scipy and scikit-learn) the serving environment lacks)."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    data = runs[0]
+    entries = {entry["model"]: entry for entry in data["models"]}
+    for run in runs[1:]:
+        for key in ("docs", "doc_tokens", "pool", "seed"):
+            if run["settings"][key] != data["settings"][key]:
+                raise SystemExit(f"cannot merge: {key} differs ({run['settings'][key]} vs {data['settings'][key]})")
+        data["ways"].update(run["ways"])
+        for entry in run["models"]:
+            entries.setdefault(entry["model"], {**entry, "ways": {}})["ways"].update(entry["ways"])
+    data["models"] = list(entries.values())
+    data["merged_from"] = [{"command": run["command"], "environment": run["environment"]} for run in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(data, out)
+    return data
+
+
 def main(argv: list[str] | None = None) -> dict:
+    if argv is None and sys.argv[1:2] == ["--merge"] or argv and argv[0] == "--merge":
+        merging = (argv if argv is not None else sys.argv[1:])[1:]
+        return merge([Path(p) for p in merging[:-1]], Path(merging[-1]))
     args = parse_args(argv)
     started_at = datetime.now(timezone.utc)
     out = args.out or Path("bench_results") / f"rerank-{started_at:%Y%m%dT%H%M%SZ}"
@@ -387,11 +415,14 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.device or (_default_device() if {"a", "b", "d"} & set(args.ways) else None)
     if args.random_weights:
         build_random_weights(args, specs)
+    repository = args.model_repository
+    if args.instances:
+        repository = repository_with_instances(repository, out / "model_repository", args.instances)
     settings = Settings(
         concurrency=sorted(set(args.concurrency)), duration_s=args.duration, requests=args.requests,
         warmup=args.warmup, single_pair_requests=args.single_pair_requests, bin_s=args.bin,
         request_timeout_s=args.request_timeout, stack_timeout_s=args.stack_timeout, gateway_url=args.gateway_url,
-        model_repository=args.model_repository, models_dir=args.models_dir,
+        model_repository=repository, models_dir=args.models_dir,
     )
     baseline = dataclasses.replace(settings, concurrency=sorted(set(args.baseline_concurrency or args.concurrency)))
     pool = generate(args.pool, args.docs, args.seed, tuple(args.doc_tokens))

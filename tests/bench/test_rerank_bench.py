@@ -295,3 +295,26 @@ def test_way_d_in_process_and_the_headline_ratio(models_dir, tmp_path):
                                         "d": {"levels": [{"concurrency": 8, "pairs_per_s": 100.0}]}}}
                               )["c_over_d"]["pairs_per_s_ratio"] == 3.0
     assert "| (d) libraries, no server | 2 | 3 | 0 |" in (out / "rerank_bench.md").read_text()
+
+
+def test_a_repository_copy_with_another_instance_count(tmp_path):
+    from bench.models import MODEL_REPOSITORY, repository_with_instances
+    from rerank_engine.model_config import ModelConfig, repository_models
+
+    copy = repository_with_instances(MODEL_REPOSITORY, tmp_path / "repo", 4)
+    assert {c.instance_count for c in repository_models(copy).values()} == {4}
+    assert ModelConfig.from_pbtxt(copy / "bge-reranker-base" / "configs" / "gpu.pbtxt").instance_count == 4
+    link = copy / "bge-reranker-base" / "1" / "model.py"
+    assert link.is_symlink() and link.resolve() == (copy / "reranker_model.py").resolve()
+
+
+def test_runs_of_different_ways_merge_into_one_result(models_dir, tmp_path):
+    first = rerank_bench.main(["bge", "--ways", "b", "--models-dir", str(models_dir), "--out", str(tmp_path / "b"),
+                               *TINY])
+    rerank_bench.main(["bge", "--ways", "a", "--models-dir", str(models_dir), "--out", str(tmp_path / "a"), *TINY])
+    merged = rerank_bench.main(["--merge", str(tmp_path / "b" / "rerank_bench.json"),
+                                str(tmp_path / "a" / "rerank_bench.json"), str(tmp_path / "both")])
+    assert set(merged["models"][0]["ways"]) == {"a", "b"} and set(merged["ways"]) == {"a", "b"}
+    assert merged["models"][0]["ways"]["b"] == first["models"][0]["ways"]["b"]
+    assert merged["models"][0]["comparisons"]["b_over_a"]["concurrency"] == 2
+    assert len(merged["merged_from"]) == 2 and (tmp_path / "both" / "rerank_bench.md").exists()

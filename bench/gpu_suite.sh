@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU measurements of this repository, as named steps, each under its own time limit, so that one
+# failing step leaves the others' results. Every step writes under $RESULTS/<step>/ (JSON, markdown, logs).
+#
+#   bench/gpu_suite.sh STEP...        e.g.  bench/gpu_suite.sh models bge-instances bge-ways memory
+#
+# Needs: a GPU machine with the engine's packages, the real tokenizers in $TOKENIZERS (default /tmp/tok) and
+# room for random-weight models in $MODELS (default /tmp/models). Single-GPU steps run on GPU 0
+# (CUDA_VISIBLE_DEVICES=0); steps named *-2gpu use two.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${RESULTS:-bench_results/gpu}
+MODELS=${MODELS:-/tmp/models}
+TOKENIZERS=${TOKENIZERS:-/tmp/tok}
+DURATION=${DURATION:-5}
+BUILD=${BUILD:-bge-reranker-base Qwen3-Reranker-4B Qwen3-Reranker-8B}
+# Way (d) needs sentence-transformers, which imports scipy and scikit-learn; a serving environment with numpy<2
+# (the Triton python backend's stub needs it) may lack them: BASELINE_PYTHON runs (d) in another environment.
+BASELINE_PYTHON=${BASELINE_PYTHON:-python}
+mkdir -p "$RESULTS"
+bench=(python -m bench.rerank_bench --models-dir "$MODELS" --tokenizers "$TOKENIZERS" --duration "$DURATION")
+baseline=(env PYTHONPATH="$PWD" "$BASELINE_PYTHON" -m bench.rerank_bench --models-dir "$MODELS"
+          --tokenizers "$TOKENIZERS" --duration "$DURATION")
+
+step() {  # step NAME SECONDS COMMAND...: run it with a limit, log it, never stop the suite
+  local name=$1 limit=$2; shift 2
+  mkdir -p "$RESULTS/$name"
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$RESULTS/suite.log"
+  local started=$SECONDS
+  timeout --kill-after=20 "$limit" "$@" >"$RESULTS/$name/stdout.log" 2>&1
+  local code=$?
+  echo "=== $name: exit $code after $((SECONDS - started))s" | tee -a "$RESULTS/suite.log"
+  tail -n 25 "$RESULTS/$name/stdout.log"
+}
+
+one_gpu=(env CUDA_VISIBLE_DEVICES=0)
+
+for name in "$@"; do
+  case "$name" in
+    models)  # random-weight models of the real sizes, with the real tokenizers
+      # shellcheck disable=SC2086
+      step models 400 python -m bench.random_models --models-dir "$MODELS" --tokenizers "$TOKENIZERS" $BUILD ;;
+    bge-instances)  # (c) at $INSTANCES Triton instances on one GPU, side by side in one suite run
+      for n in ${INSTANCES:-1 2 3 4}; do
+        step "bge-instances-$n" 150 "${one_gpu[@]}" "${bench[@]}" bge --ways c --instances "$n" --concurrency 1 64 \
+          --single-pair-requests 30 --out "$RESULTS/bge-instances-$n"
+      done ;;
+    bge-ways|qwen4b-ways|qwen8b-ways)  # (b), (c) as shipped (configs/gpu.pbtxt for bge), and (d), on one GPU
+      model=${name%-ways}
+      step "$name-bc" 420 "${one_gpu[@]}" "${bench[@]}" "$model" --ways b c --concurrency 1 8 64 --single-pair-requests 30 \
+        --out "$RESULTS/$name-bc"
+      step "$name-d" 240 "${one_gpu[@]}" "${baseline[@]}" "$model" --ways d --concurrency 1 8 64 --single-pair-requests 30 \
+        --out "$RESULTS/$name-d"
+      step "$name" 60 python -m bench.rerank_bench --merge "$RESULTS/$name-bc/rerank_bench.json" \
+        "$RESULTS/$name-d/rerank_bench.json" "$RESULTS/$name" ;;
+    bge-2gpu)  # (c) as shipped on two GPUs: the instances of configs/gpu.pbtxt on each
+      step bge-2gpu 200 "${bench[@]}" bge --ways c --concurrency 64 256 --single-pair-requests 0 \
+        --out "$RESULTS/bge-2gpu" ;;
+    memory)  # bge's shipped instances and Qwen3-8B loaded together, under load and the heaviest batches
+      step memory 300 "${one_gpu[@]}" python -m bench.memory_check --models-dir "$MODELS" bge-reranker-base \
+        qwen3-reranker-8b --duration 30 --limit-gib 60 --out "$RESULTS/memory" ;;
+    *) echo "unknown step $name" >&2 ;;
+  esac
+done

@@ -43,9 +43,8 @@ def repository_with_instances(source: Path, target: Path, count: int) -> Path:
     variant), for benchmarks that compare instance counts; the links to the shared model.py are kept."""
     shutil.copytree(source, target, symlinks=True)
     for config in [*target.glob("*/config.pbtxt"), *target.glob("*/configs/*.pbtxt")]:
-        text = config.read_text()
-        changed = re.sub(r"(instance_group\s*\[\s*\{\s*count:\s*)\d+", rf"\g<1>{count}", text)
-        if changed == text:
+        changed, found = re.subn(r"(instance_group\s*\[\s*\{\s*count:\s*)\d+", rf"\g<1>{count}", config.read_text())
+        if not found:
             raise ValueError(f"{config}: no instance_group count to set")
         config.write_text(changed)
     return target

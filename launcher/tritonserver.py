@@ -153,6 +153,12 @@ def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
         f"--log-verbose={options.log_verbose}",
         # Requests that are queued when a model unloads finish before it goes.
         "--exit-timeout-secs=30",
+        # Server readiness means "up and not shutting down", as orchestrators read it. Triton's
+        # default (strict) readiness is false while any model loads and stays false after a failed
+        # load until that model is unloaded: a cluster-wide switch would take every replica out of
+        # its Service for the load, and one model without weights would keep them out. The gateway
+        # asks for each model's readiness itself.
+        "--strict-readiness=false",
     ]
     if install.backend_dir is not None:
         command.append(f"--backend-directory={install.backend_dir}")

@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from gateway.settings import GatewaySettings
@@ -68,6 +69,22 @@ async def test_failed_load_keeps_the_previous_model_serving(api, models_dir):
     after = await api.post("/rerank", json={"query": "q", "document": "d"})
     assert after.status_code == 200 and after.json() == before.json()
 
+
+
+async def test_a_failed_load_leaves_the_triton_server_ready(triton):
+    """Kubernetes takes a Triton pod out of its Service while /v2/health/ready fails. With Triton's
+    default strict readiness a model without weights kept the server unready until unloaded, and
+    so would a switch for the whole of a load; `reranker triton` turns that off."""
+    async with httpx.AsyncClient(base_url=triton.url(), timeout=120) as http:
+        assert (await http.get("/v2/health/ready")).status_code == 200
+        try:
+            failed = await http.post("/v2/repository/models/missing-weights/load")
+            assert failed.status_code == 400 and "does-not-exist" in failed.text
+            states = {m["name"]: m.get("state") for m in (await http.post("/v2/repository/index")).json()}
+            assert states["missing-weights"] == "UNAVAILABLE"  # the state that failed strict readiness
+            assert (await http.get("/v2/health/ready")).status_code == 200
+        finally:
+            await http.post("/v2/repository/models/missing-weights/unload")
 
 async def test_models_and_health(api):
     models = (await api.get("/models")).json()

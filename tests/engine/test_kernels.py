@@ -1,0 +1,220 @@
+"""rerank_engine.kernels: each PyTorch fallback against math written here from
+the model code (transformers' Qwen3RMSNorm, SiLU, rotary embedding) and plain
+quantize-dequantize; then each Triton kernel against its fallback, under
+Triton's CPU interpreter in a subprocess (TRITON_INTERPRET=1 must be set before
+the kernels are built) and, on a machine with a CUDA GPU, natively."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, apply_rotary_pos_emb
+
+from rerank_engine import kernels
+from rerank_engine.fp8 import FP8_DTYPE
+from tests.engine.kernel_cases import CASES, case_inputs, run_cases
+from tests.stack import REPO_ROOT
+
+E4M3_MAX = 448.0
+HALF_STEP = 2.0**-4  # E4M3: 3 mantissa bits, so rounding is within 2^-4 relative
+SUBNORMAL_STEP = 2.0**-9  # E4M3's smallest step, in units of the scale
+BF16_HALF_STEP = 2.0**-8  # bf16: 7 mantissa bits
+
+
+def assert_quantized(values, scale, reference):
+    """`values` [M, K] E4M3 and `scale` [M, 1] are the per-token quantization of float `reference`:
+    the scale is the row's largest magnitude over 448, and every value within half a step."""
+    reference = reference.double()
+    assert values.dtype == FP8_DTYPE and scale.dtype == torch.float32 and scale.shape == (reference.shape[0], 1)
+    amax = reference.abs().amax(dim=-1, keepdim=True)
+    torch.testing.assert_close(scale.double(), amax.clamp(min=1e-12) / E4M3_MAX, rtol=2e-6, atol=0)
+    bound = reference.abs() * HALF_STEP + scale.double() * SUBNORMAL_STEP / 2
+    # 1e-5: `reference` is float64, the code under test computes in float32.
+    assert ((values.double() * scale.double() - reference).abs() <= bound * (1 + 1e-5) + 1e-30).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fallbacks against the model's own math
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_quant_fallback_is_qwen3_rms_norm_quantized(with_residual):
+    torch.manual_seed(0)
+    x, residual = torch.randn(6, 96) * 3, torch.randn(6, 96) * 10
+    norm = Qwen3RMSNorm(96, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(96) + 0.5)
+    out = kernels.rms_norm_quant_torch(x, norm.weight.detach(), 1e-6, residual if with_residual else None)
+    stream = x + residual if with_residual else x
+    with torch.no_grad():
+        normalized = norm(stream.double().float())
+    assert_quantized(out[0], out[1], normalized)
+    if with_residual:
+        assert torch.equal(out[2], stream)
+    # On the CPU, without the interpreter, the public function is the fallback.
+    assert not kernels.available(torch.device("cpu"))
+    public = kernels.rms_norm_quant(x, norm.weight.detach(), 1e-6, residual if with_residual else None)
+    for a, b in zip(public, out):
+        assert torch.equal(a.view(torch.uint8) if a.dtype == FP8_DTYPE else a, b.view(torch.uint8) if b.dtype == FP8_DTYPE else b)
+
+
+def test_rms_norm_quant_fallback_rounds_the_residual_stream_to_its_dtype():
+    torch.manual_seed(1)
+    x, residual = torch.randn(4, 64, dtype=torch.bfloat16), torch.randn(4, 64, dtype=torch.bfloat16) * 100
+    weight = torch.ones(64, dtype=torch.bfloat16)
+    _, _, stream = kernels.rms_norm_quant_torch(x, weight, 1e-6, residual)
+    assert stream.dtype == torch.bfloat16 and torch.equal(stream, x + residual)
+
+
+def test_silu_mul_quant_fallback_is_silu_times_up_quantized():
+    torch.manual_seed(2)
+    gate_up = torch.randn(5, 2 * 80) * 4
+    gate, up = gate_up.double().chunk(2, dim=-1)
+    values, scale = kernels.silu_mul_quant_torch(gate_up)
+    assert values.shape == (5, 80)
+    assert_quantized(values, scale, F.silu(gate) * up)
+
+
+def test_silu_mul_fallback_rounds_once_to_the_input_dtype():
+    torch.manual_seed(3)
+    gate_up = (torch.randn(5, 2 * 80) * 4).to(torch.bfloat16)
+    gate, up = gate_up.double().chunk(2, dim=-1)
+    expected = F.silu(gate) * up
+    got = kernels.silu_mul_torch(gate_up)
+    assert got.dtype == torch.bfloat16 and got.shape == (5, 80)
+    assert ((got.double() - expected).abs() <= expected.abs() * BF16_HALF_STEP * (1 + 1e-5)).all()
+
+
+def test_per_token_quant_fallback_handles_zero_and_extreme_rows():
+    x = torch.stack([torch.zeros(16), torch.linspace(-3e4, 5e4, 16), torch.logspace(-20, -10, 16)])
+    values, scale = kernels.per_token_quant_torch(x)
+    assert_quantized(values, scale, x)
+    assert (values[0].float() == 0).all() and torch.isfinite(scale).all()
+    assert values[1].float().max() == E4M3_MAX and torch.isfinite(values.float()).all()
+
+
+def _qwen3_rotary(tokens: int, head_dim: int, theta: float = 1_000_000.0):
+    """cos/sin as Qwen3RotaryEmbedding builds them (default rope): angles = position * theta^(-2i/d), twice."""
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+    config = Qwen3Config(head_dim=head_dim, rope_theta=theta, max_position_embeddings=4096)
+    rotary = Qwen3RotaryEmbedding(config)
+    cos, sin = rotary(torch.zeros(1, dtype=torch.float32), torch.arange(tokens)[None])
+    return cos[0], sin[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qk_norm_rope_fallback_is_qwen3_q_k_norm_then_rotary(dtype):
+    torch.manual_seed(4)
+    tokens, q_heads, kv_heads, head_dim = 9, 4, 2, 16
+    q_norm, k_norm = Qwen3RMSNorm(head_dim, eps=1e-6), Qwen3RMSNorm(head_dim, eps=1e-6)
+    with torch.no_grad():
+        q_norm.weight.copy_(torch.rand(head_dim) + 0.5)
+        k_norm.weight.copy_(torch.rand(head_dim) + 0.5)
+    qk = (torch.randn(tokens, q_heads + kv_heads, head_dim) * 2).to(dtype)
+    cos, sin = _qwen3_rotary(tokens, head_dim)
+    # Qwen3Attention: norm per head, then apply_rotary_pos_emb on [batch, heads, tokens, head_dim].
+    with torch.no_grad():
+        q = q_norm(qk[:, :q_heads].float()).transpose(0, 1)[None]
+        k = k_norm(qk[:, q_heads:].float()).transpose(0, 1)[None]
+        q, k = apply_rotary_pos_emb(q, k, cos[None], sin[None])
+    expected = torch.cat([q[0], k[0]]).transpose(0, 1)
+    weight = torch.cat([q_norm.weight.detach().expand(q_heads, -1), k_norm.weight.detach().expand(kv_heads, -1)])
+    got = kernels.qk_norm_rope_torch(qk, weight, cos, sin, 1e-6)
+    assert got.dtype == dtype and got.shape == qk.shape
+    tolerance = 1e-5 if dtype == torch.float32 else 2 * BF16_HALF_STEP
+    torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_kernel_functions_name_bad_inputs():
+    with pytest.raises(ValueError, match="contiguous columns"):
+        kernels.per_token_quant(torch.randn(8, 4).t())
+    with pytest.raises(ValueError, match=r"weight must be \[8\]"):
+        kernels.rms_norm_quant(torch.randn(3, 8), torch.ones(4), 1e-6)
+    with pytest.raises(ValueError, match="residual must have x's shape"):
+        kernels.rms_norm_quant(torch.randn(3, 8), torch.ones(8), 1e-6, torch.randn(2, 8))
+    with pytest.raises(ValueError, match="halves of equal width"):
+        kernels.silu_mul(torch.randn(3, 7))
+    with pytest.raises(ValueError, match="even head_dim"):
+        kernels.qk_norm_rope(torch.randn(2, 3, 5), torch.ones(3, 5), torch.ones(2, 5), torch.ones(2, 5), 1e-6)
+    with pytest.raises(ValueError, match=r"norm_weight must be \[3, 4\]"):
+        kernels.qk_norm_rope(torch.randn(2, 3, 4), torch.ones(2, 4), torch.ones(2, 4), torch.ones(2, 4), 1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels against their fallbacks
+# ---------------------------------------------------------------------------------------------
+
+BACKENDS = ["interpreter", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+
+
+@pytest.fixture(scope="module")
+def kernel_results(tmp_path_factory):
+    """{backend: results of tests.engine.kernel_cases.run_cases}, computed on first use."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (the test extra pins it)")
+    cache = {}
+
+    def get(backend: str):
+        if backend not in cache:
+            if backend == "cuda":
+                cache[backend] = run_cases(torch.device("cuda"))
+            else:
+                out = tmp_path_factory.mktemp("interpreter") / "results.pt"
+                env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT)}
+                run = subprocess.run([sys.executable, "-m", "tests.engine.kernel_cases", str(out)], cwd=REPO_ROOT,
+                                     env=env, capture_output=True, text=True, timeout=600)
+                assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+                cache[backend] = torch.load(out, weights_only=False)
+        return cache[backend]
+
+    return get
+
+
+def _assert_fp8_match(got_values, got_scale, want_values, want_scale, name):
+    torch.testing.assert_close(got_scale, want_scale, rtol=2e-6, atol=0, msg=name)
+    same = got_values.view(torch.uint8) == want_values.view(torch.uint8)
+    # Reductions in another order can move a value across a rounding boundary: then by one step at most.
+    got, want = got_values.double() * got_scale.double(), want_values.double() * want_scale.double()
+    one_step = want.abs() * 2 * HALF_STEP + want_scale.double() * SUBNORMAL_STEP
+    assert ((got - want).abs() <= one_step * (1 + 1e-5)).all(), name
+    assert same.double().mean() >= 0.999, f"{name}: {(~same).sum().item()} of {same.numel()} values differ"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_triton_kernel_equals_its_fallback(kernel_results, backend, name):
+    result = kernel_results(backend)[name]
+    inputs = result["inputs"]
+    assert all(torch.equal(a, b) for a, b in zip(inputs.values(), case_inputs(name).values())
+               if isinstance(a, torch.Tensor)), "the subprocess built other inputs"
+    case = CASES[name]
+    want = getattr(kernels, case.kernel + "_torch")(**inputs)
+    want = want if isinstance(want, tuple) else (want,)
+    got = result["outputs"]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+    if case.kernel in ("rms_norm_quant", "silu_mul_quant", "per_token_quant"):
+        _assert_fp8_match(got[0], got[1], want[0], want[1], name)
+        if len(got) == 3:
+            assert torch.equal(got[2], want[2]), f"{name}: residual stream"
+    else:
+        tolerance = 1e-5 if want[0].dtype == torch.float32 else 2 * BF16_HALF_STEP
+        torch.testing.assert_close(got[0].float(), want[0].float(), rtol=tolerance, atol=tolerance, msg=name)
+        if want[0].dtype == torch.bfloat16:
+            # One rounding of nearly equal float32 values: identical but for rare neighbours (truncation: half differ).
+            assert (got[0] == want[0]).double().mean() >= 0.99, name
+    if "special-rows" in name:
+        # Scale exactly 1: the kernel's FP8 conversion met every E4M3 value and tie; all bit for bit.
+        assert got[1][2].item() == 1.0
+        assert torch.equal(got[0][2].view(torch.uint8), want[0][2].view(torch.uint8))

@@ -42,6 +42,7 @@ class ModelsView:
     aliases: dict[str, str]
     loaded: list[str]
     active: str | None
+    precision: dict[str, str]
 
 
 class ModelManager:
@@ -191,9 +192,17 @@ class ModelManager:
 
     async def view(self) -> ModelsView:
         states = await self.triton.repository()
+        loaded = sorted(m.name for m in states if m.state == "READY")
+        precision = {}
+        for name in loaded:  # a model another gateway loaded is read from Triton
+            try:
+                precision[name] = (self.loaded.get(name) or await self.triton.model_config(name)).precision
+            except GatewayError:  # unloaded since the index was read
+                continue
         return ModelsView(
             available=sorted(m.name for m in states),
             aliases=dict(self.settings.model_aliases),
-            loaded=sorted(m.name for m in states if m.state == "READY"),
+            loaded=loaded,
             active=self.active,
+            precision=precision,
         )

@@ -241,6 +241,11 @@ class ModelsResponse(BaseModel):
     aliases: dict[str, str] = Field(description="Short names accepted by /switch_model.")
     loaded: list[str] = Field(description="Models Triton has READY.")
     active: str | None = Field(description="The model /rerank uses.")
+    precision: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per loaded model, what its config.pbtxt runs it in: fp8 (E4M3 linear layers), a dtype, or "
+        "auto (float32 on a CPU; on a GPU bfloat16 for Qwen3 and float16 for the encoders).",
+    )
 
 
 class HealthResponse(BaseModel):

@@ -138,7 +138,8 @@ class RerankService:
 
     async def list_models(self) -> ModelsResponse:
         view = await self.models.view()
-        return ModelsResponse(available=view.available, aliases=view.aliases, loaded=view.loaded, active=view.active)
+        return ModelsResponse(available=view.available, aliases=view.aliases, loaded=view.loaded, active=view.active,
+                              precision=view.precision)
 
     async def health(self) -> HealthResponse:
         live = await self.triton.is_live()

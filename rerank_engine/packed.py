@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rerank_engine import kernels
+from rerank_engine.fp8 import Fp8Linear, Fp8Weight, fp8_linear
 from rerank_engine.packing import Packed
 
 HALF = (torch.float16, torch.bfloat16)
@@ -128,7 +130,13 @@ class PackedXLMRoberta:
 
 
 class PackedQwen3:
-    """Qwen3 decoder over packed rows: each row's last hidden state, after the final norm."""
+    """Qwen3 decoder over packed rows: each row's last hidden state, after the final norm.
+
+    In bf16 its linear layers are the checkpoint's; where `rerank_engine.fp8.quantize_linears` (or an
+    FP8 checkpoint) made them `Fp8Linear`s, the products run in FP8 and every activation they read is
+    quantized by the kernel that produces it (`rerank_engine.kernels`): the norms, SiLU*up, and one
+    per-token pass over attention's output.
+    """
 
     def __init__(self, decoder: nn.Module) -> None:
         config = decoder.config
@@ -137,43 +145,109 @@ class PackedQwen3:
         self.decoder = decoder
         self.q_heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
+        self.fp8 = isinstance(decoder.layers[0].self_attn.q_proj, Fp8Linear)
         self.layers = []
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            # q and k in one product, v in another: the q/k normalization then reads a contiguous tensor.
-            qk_weight, qk_bias = fuse_linears(attn.q_proj, attn.k_proj)
-            gate_up, _ = fuse_linears(mlp.gate_proj, mlp.up_proj)
             qk_norm = torch.cat(
                 [attn.q_norm.weight.detach().expand(self.q_heads, -1), attn.k_norm.weight.detach().expand(self.kv_heads, -1)]
             )
+            if self.fp8:
+                # q, k and v in one product: the q/k norm kernel reads the q|k heads of it through strides.
+                qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+                qkv_bias = torch.cat([p.bias for p in qkv]) if all(p.bias is not None for p in qkv) else None
+                self.layers.append((layer, fuse_fp8_linears(*qkv), qkv_bias, qk_norm,
+                                    fuse_fp8_linears(mlp.gate_proj, mlp.up_proj)))
+                continue
+            # q and k in one product, v in another: the q/k normalization then reads a contiguous tensor.
+            qk_weight, qk_bias = fuse_linears(attn.q_proj, attn.k_proj)
+            gate_up, _ = fuse_linears(mlp.gate_proj, mlp.up_proj)
             self.layers.append((layer, qk_weight, qk_bias, qk_norm, gate_up))
 
     @torch.inference_mode()
     def __call__(self, batch: Packed) -> torch.Tensor:
+        return self._fp8(batch) if self.fp8 else self._bf16(batch)
+
+    def _rotary(self, x: torch.Tensor, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [tokens, head_dim] of each token's position."""
+        cos, sin = self.decoder.rotary_emb(x, batch.positions.unsqueeze(0))
+        return cos[0], sin[0]
+
+    def _bf16(self, batch: Packed) -> torch.Tensor:
         decoder = self.decoder
         x = decoder.embed_tokens(batch.ids)
-        cos, sin = (t[0].unsqueeze(1) for t in decoder.rotary_emb(x, batch.positions.unsqueeze(0)))
+        cos, sin = self._rotary(x, batch)
+        fused = kernels.available(x.device, fp8=False)
         half = cos.shape[-1] // 2
         # rotate_half(t) * sin == roll(t, half) * sin with its first half negated: one kernel instead of three.
-        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        cos_b, sin_b = cos.unsqueeze(1), torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).unsqueeze(1)
         tokens, qk_heads, last_layer = x.shape[0], self.q_heads + self.kv_heads, len(self.layers) - 1
         for index, (layer, qk_weight, qk_bias, qk_norm, gate_up) in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = _rms_norm(layer.input_layernorm, x)
             qk = F.linear(h, qk_weight, qk_bias).view(tokens, qk_heads, -1)
             v = attn.v_proj(h).view(tokens, self.kv_heads, -1)
-            # q_norm and k_norm share epsilon and differ only in weight: one normalization, one weight row per head.
-            qk = F.rms_norm(qk, (qk.shape[-1],), eps=attn.q_norm.variance_epsilon) * qk_norm
-            qk = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)
+            eps = attn.q_norm.variance_epsilon
+            if fused:
+                qk = kernels.qk_norm_rope(qk, qk_norm, cos, sin, eps)
+            else:
+                # q_norm and k_norm share epsilon and differ only in weight: one normalization, one weight row per head.
+                qk = F.rms_norm(qk, (qk.shape[-1],), eps=eps) * qk_norm
+                qk = torch.addcmul(qk * cos_b, qk.roll(half, dims=-1), sin_b)
             q, k = qk[:, : self.q_heads], qk[:, self.q_heads :]
             context = attention(q, _keys(k, batch), _keys(v, batch), batch, causal=True)
             if index == last_layer:
                 # Past the last attention only the scored tokens matter: the rest skip the last MLP.
                 context, x = context[batch.last], x[batch.last]
             x = _residual_linear(x, context, attn.o_proj)
-            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), gate_up).chunk(2, dim=-1)
-            x = _residual_linear(x, F.silu(gate) * up, mlp.down_proj)
+            gate_up_out = F.linear(_rms_norm(layer.post_attention_layernorm, x), gate_up)
+            if fused:
+                hidden = kernels.silu_mul(gate_up_out)
+            else:
+                gate, up = gate_up_out.chunk(2, dim=-1)
+                hidden = F.silu(gate) * up
+            x = _residual_linear(x, hidden, mlp.down_proj)
         return _rms_norm(decoder.norm, x)
+
+    def _fp8(self, batch: Packed) -> torch.Tensor:
+        decoder = self.decoder
+        x = decoder.embed_tokens(batch.ids)
+        cos, sin = self._rotary(x, batch)
+        tokens, qk_heads, last_layer = x.shape[0], self.q_heads + self.kv_heads, len(self.layers) - 1
+        dtype = x.dtype  # the products write the model's activation dtype (bf16 on a GPU)
+        first = self.layers[0][0].input_layernorm
+        h_q, h_scale = kernels.rms_norm_quant(x, first.weight, first.variance_epsilon)
+        for index, (layer, qkv_weight, qkv_bias, qk_norm, gate_up) in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = fp8_linear(h_q, h_scale, qkv_weight, qkv_bias, dtype).view(tokens, qk_heads + self.kv_heads, -1)
+            qk = kernels.qk_norm_rope(qkv[:, :qk_heads], qk_norm, cos, sin, attn.q_norm.variance_epsilon)
+            q, k, v = qk[:, : self.q_heads], qk[:, self.q_heads :], qkv[:, qk_heads:]
+            context = attention(q, _keys(k, batch), _keys(v, batch), batch, causal=True)
+            if index == last_layer:
+                context, x = context[batch.last], x[batch.last]
+            attended = attn.o_proj(context)  # per-token quantization of attention's output, then the product
+            norm = layer.post_attention_layernorm
+            g_q, g_scale, x = kernels.rms_norm_quant(attended, norm.weight, norm.variance_epsilon, residual=x)
+            m_q, m_scale = kernels.silu_mul_quant(fp8_linear(g_q, g_scale, gate_up, out_dtype=dtype))
+            down = fp8_linear(m_q, m_scale, mlp.down_proj.fp8_weight, mlp.down_proj.bias, dtype)
+            if index == last_layer:
+                x = x + down
+            else:
+                nxt = self.layers[index + 1][0].input_layernorm
+                h_q, h_scale, x = kernels.rms_norm_quant(down, nxt.weight, nxt.variance_epsilon, residual=x)
+        return _rms_norm(decoder.norm, x)
+
+
+def fuse_fp8_linears(*layers: Fp8Linear) -> Fp8Weight:
+    """One FP8 weight stacking `layers`' outputs (exact: scales are per output channel); each layer's
+    buffers become views of it, so memory does not grow and the layers still work on their own."""
+    fused = Fp8Weight.cat(layer.fp8_weight for layer in layers)
+    at = 0
+    for layer in layers:
+        rows = layer.out_features
+        layer.weight, layer.weight_scale = fused.weight[at : at + rows], fused.scale[at : at + rows]
+        at += rows
+    return fused
 
 
 def _residual_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:

@@ -176,3 +176,25 @@ async def test_a_10_mb_document_is_truncated_and_scored(api):
     assert body["usage"]["truncated_documents"] == 1 and body["results"][0]["index"] == 0
     refused = await api.post("/v1/rerank", json={"query": QUERY, "documents": [huge], "truncate": False})
     assert refused.status_code == 400 and refused.json()["field"] == "documents[0]"
+
+
+@pytest.mark.slow
+async def test_bf16_and_fp8_entries_switch_hot_and_say_their_precision(api, repository, models_dir):
+    """The FP8 entry serves the same weights folder; a switch between the two is a plain hot switch."""
+    await api.post("/switch_model", json={"model_name": "qwen4b", "keep_loaded": True})
+    try:
+        switched = await api.post("/switch_model", json={"model_name": "qwen4b-fp8", "keep_loaded": True})
+        assert switched.status_code == 200 and switched.json()["model"] == "qwen3-reranker-4b-fp8"
+        models = (await api.get("/models")).json()
+        assert models["active"] == "qwen3-reranker-4b-fp8"
+        assert models["precision"]["qwen3-reranker-4b-fp8"] == "fp8"
+        assert models["precision"]["qwen3-reranker-4b"] == models["precision"]["minilm-l6"] == "auto"
+        for model in ("qwen3-reranker-4b-fp8", "qwen3-reranker-4b"):
+            body = (await api.post("/v1/rerank", json={"model": model, "query": QUERY, "documents": DOCUMENTS})).json()
+            expected = engine_scores(repository, models_dir, model, DOCUMENTS)
+            assert {r["index"]: r["relevance_score"] for r in body["results"]} == pytest.approx(
+                dict(enumerate(expected)), abs=1e-5)
+    finally:  # each switch without keep_loaded unloads the model it leaves
+        await api.post("/switch_model", json={"model_name": "qwen4b"})
+        await api.post("/switch_model", json={"model_name": "minilm"})
+    assert (await api.get("/models")).json()["loaded"] == ["minilm-l6"]

@@ -25,7 +25,8 @@ def _manifest() -> dict:
 
 
 def test_one_file_per_model_of_the_repository():
-    assert sorted(MODELS) == ["bge-reranker-base", "minilm-l6", "qwen3-reranker-4b", "qwen3-reranker-8b"]
+    assert sorted(MODELS) == ["bge-reranker-base", "minilm-l6", "qwen3-reranker-4b", "qwen3-reranker-4b-fp8",
+                              "qwen3-reranker-8b", "qwen3-reranker-8b-fp8"]
     assert {p.stem for p in DATA.glob("*.json")} - {"manifest"} == set(MODELS)
     assert set(_manifest()["models"]) == set(MODELS)
 

@@ -13,6 +13,14 @@ from tests.stack import REPO_ROOT
 REPOSITORY = REPO_ROOT / "model_repository"
 
 
+def test_an_fp8_entry_serves_its_models_weights_folder():
+    models = repository_models(REPOSITORY)
+    for name in ("qwen3-reranker-4b", "qwen3-reranker-8b"):
+        bf16, fp8 = models[name], models[f"{name}-fp8"]
+        assert fp8.weights_path == bf16.weights_path and fp8.precision == "fp8" and bf16.precision == "auto"
+        assert catalog.BY_NAME[f"{name}-fp8"].variant_of == name
+
+
 def test_every_shipped_config_parses_and_declares_the_contract():
     models = repository_models(REPOSITORY)
     assert set(catalog.BY_NAME) <= set(models)
@@ -71,7 +79,11 @@ def test_serving_dtype(scorer, dtype, on_gpu, want):
 
 def test_the_catalog_names_each_model_once():
     assert catalog.ALIASES == {"bge": "bge-reranker-base", "qwen4b": "qwen3-reranker-4b",
-                               "qwen8b": "qwen3-reranker-8b", "minilm": "minilm-l6"}
+                               "qwen8b": "qwen3-reranker-8b", "minilm": "minilm-l6",
+                               "qwen4b-fp8": "qwen3-reranker-4b-fp8", "qwen8b-fp8": "qwen3-reranker-8b-fp8"}
+    # A hub id names the checkpoint as published; its FP8 variant is asked for by name or alias.
+    assert catalog.lookup("Qwen/Qwen3-Reranker-8B").name == "qwen3-reranker-8b"
+    assert catalog.download_hint("qwen8b-fp8").startswith("run 'reranker weights qwen8b-fp8' (Hugging Face Qwen/")
     for name in ("bge", "BAAI/bge-reranker-base", "bge-reranker-base"):
         assert catalog.lookup(name).name == "bge-reranker-base"
     assert catalog.lookup("my-own-model") is None and catalog.download_hint("my-own-model") == ""

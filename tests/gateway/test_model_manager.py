@@ -120,7 +120,7 @@ async def test_keep_loaded_leaves_the_previous_model_for_requests_that_name_it()
     async with models.lease("alpha") as model:  # by alias
         assert model.name == "a"
     view = await models.view()
-    assert (view.loaded, view.active) == (["a", "b"], "b")
+    assert (view.loaded, view.active, view.precision) == (["a", "b"], "b", {"a": "auto", "b": "auto"})
     await models.switch("a")  # back, without keeping b
     assert triton.ready() == {"a"}
 

@@ -458,11 +458,28 @@ def load_fp8_checkpoint(folder: Path | str, auto_class, dtype: torch.dtype = tor
         del config.quantization_config  # else from_pretrained hands the checkpoint to transformers' quantizer
     model_class = auto_class._model_mapping[type(config)]
     model = model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype, **model_kwargs)
-    for name, weight in weights.items():
+    by_module: dict[str, Fp8Weight] = {}
+    for key, weight in weights.items():
+        name = _module_in_model(model, key)
         linear = model.get_submodule(name)
         if not isinstance(linear, nn.Linear) or tuple(linear.weight.shape) != tuple(weight.weight.shape):
-            raise ValueError(f"{name}.weight is FP8 but {name} is not an nn.Linear of shape {tuple(weight.weight.shape)}")
+            raise ValueError(f"{key}.weight is FP8 but {name} is not an nn.Linear of shape {tuple(weight.weight.shape)}")
         _replace_module(model, name, Fp8Linear(weight, linear.bias))
+        by_module[name] = weight
     if "block" in fmt.strategies:
         log.info("%s: block-wise FP8 scales converted to per-channel ones (dequantized and quantized again)", folder.name)
-    return Fp8Checkpoint(model.eval(), weights, fmt)
+    return Fp8Checkpoint(model.eval(), by_module, fmt)
+
+
+def _module_in_model(model: nn.Module, checkpoint_name: str) -> str:
+    """The model's name for a checkpoint's module: transformers loads a bare base model's checkpoint
+    into a model with a head (and back) by adding or removing `base_model_prefix`, and so do we."""
+    prefix = getattr(model, "base_model_prefix", "")
+    for name in (checkpoint_name, f"{prefix}.{checkpoint_name}",
+                 checkpoint_name.removeprefix(f"{prefix}.") if prefix else checkpoint_name):
+        try:
+            model.get_submodule(name)
+            return name
+        except AttributeError:
+            continue
+    raise ValueError(f"the checkpoint's FP8 layer {checkpoint_name} is not a module of {type(model).__name__}")

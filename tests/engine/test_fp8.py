@@ -402,6 +402,17 @@ def test_fp8_checkpoint_loads_what_the_format_encodes(tiny_qwen3_fp32, tmp_path,
     assert torch.corrcoef(torch.stack([got_logits, want_logits]))[0, 1] > 0.98
 
 
+def test_fp8_checkpoint_of_a_model_with_a_head_loads_into_the_bare_model(tiny_qwen3_fp32, tmp_path):
+    """As transformers does, module names lose the base-model prefix ("model.") in a model without the head."""
+    from transformers import AutoModel
+
+    write_fp8_checkpoint(tiny_qwen3_fp32, tmp_path / "ckpt", "compressed-tensors-channel")
+    loaded = load_fp8_checkpoint(tmp_path / "ckpt", AutoModel)
+    assert type(loaded.model).__name__ == "Qwen3Model"
+    assert "layers.0.self_attn.q_proj" in loaded.weights and len(loaded.weights) == 2 * 7
+    assert isinstance(loaded.model.layers[1].mlp.up_proj, Fp8Linear)
+
+
 def test_fp8_checkpoint_errors_name_the_problem(tiny_qwen3_fp32, tmp_path):
     folder = tmp_path / "ckpt"
     write_fp8_checkpoint(tiny_qwen3_fp32, folder, "compressed-tensors-channel")
@@ -428,3 +439,29 @@ def test_fp8_checkpoint_errors_name_the_problem(tiny_qwen3_fp32, tmp_path):
     (folder / "config.json").write_text(json.dumps(config | {"quantization_config": None}))
     with pytest.raises(ValueError, match="declares no quantization_config"):
         load_fp8_checkpoint(folder, AutoModelForCausalLM)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs FP8 tensor cores (compute capability 8.9 or more)")
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_scaled_mm_product_equals_the_float64_product_on_fp8_tensor_cores(fast_accum):
+    """The torch._scaled_mm path (row-wise scales, bf16 out) against float64 on the same quantized operands:
+    within bf16's output rounding plus float32 accumulation (fast accumulation: Hopper's reduced-precision sums)."""
+    from rerank_engine.fp8 import scaled_mm_available
+
+    device = torch.device("cuda")
+    assert scaled_mm_available(device)
+    torch.manual_seed(5)
+    x_q, x_scale = quantize_per_token(torch.randn(300, 2560, device=device, dtype=torch.bfloat16))
+    weight = quantize_weight(torch.randn(1024, 2560, device=device))
+    bias = torch.randn(1024, device=device, dtype=torch.bfloat16)
+    got = fp8_linear(x_q, x_scale, weight, bias, fast_accum=fast_accum)
+    expected = (x_q.double() * x_scale.double()) @ (weight.weight.double() * weight.scale.double()[:, None]).T
+    expected = expected + bias.double()
+    assert got.dtype == torch.bfloat16 and got.shape == (300, 1024)
+    relative = ((got.double() - expected).norm() / expected.norm()).item()
+    # bf16 output rounding alone is 2^-8/√3 ≈ 0.0023 RMS relative; fast accumulation may add to it.
+    assert relative < (1e-2 if fast_accum else 4e-3)
+    emulated = fp8_linear(x_q.cpu(), x_scale.cpu(), weight.to("cpu"), bias.cpu(), out_dtype=torch.float32)
+    scale = emulated.abs().mean().item()  # ~ 40: outputs are sums of 2,560 products of unit-variance values
+    torch.testing.assert_close(got.cpu().float(), emulated, rtol=2**-7, atol=(1e-2 if fast_accum else 2e-3) * scale)

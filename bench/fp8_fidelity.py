@@ -184,10 +184,7 @@ def qwen3_scorer(folder: Path, device: torch.device, precision: str) -> Scorer:
     config = EngineConfig(scorer="qwen3_reranker", weights_path=str(folder), max_length=resolve("qwen4b").max_length)
     if precision in ("float32", "bfloat16"):
         return load_scorer(replace(config, dtype=precision), device)
-    # TODO(issue 11, integration): return the engine's FP8 Qwen3 scorer here once EngineConfig has its
-    # quantization parameter, e.g. `load_scorer(replace(config, quantization="fp8"), device)`. It is the
-    # one thing this mode lacks; everything else (pairs, reference, statistics, table, JSON) runs as it is.
-    raise NotImplementedError("the engine has no FP8 Qwen3 path yet (issue 11, integration)")
+    return load_scorer(replace(config, dtype="bfloat16", quantization="fp8"), device)
 
 
 def random_qwen3_fidelity(models_dir: Path, tokenizers: Path, device: torch.device, names: Sequence[str],

@@ -59,6 +59,21 @@ for name in "$@"; do
     memory)  # bge's shipped instances and Qwen3-8B loaded together, under load and the heaviest batches
       step memory 300 "${one_gpu[@]}" python -m bench.memory_check --models-dir "$MODELS" bge-reranker-base \
         qwen3-reranker-8b --duration 30 --limit-gib 60 --out "$RESULTS/memory" ;;
+    kernels)  # the Triton kernels and the FP8 product against their PyTorch references, on this GPU
+      step kernels 240 "${one_gpu[@]}" python -m pytest -q -p no:cacheprovider tests/engine/test_kernels.py \
+        tests/engine/test_fp8.py -k "cuda or scaled_mm" ;;
+    qwen4b-fp8|qwen8b-fp8)  # bf16 and FP8 entries of one Qwen3 size side by side: (b) and (c), on one GPU
+      model=${name%-fp8}
+      step "$name" 480 "${one_gpu[@]}" "${bench[@]}" "$model" "$model-fp8" --ways b c --concurrency 1 8 64 \
+        --single-pair-requests 10 --out "$RESULTS/$name" ;;
+    qwen4b-d|qwen8b-d|bge-d)  # way (d) alone (its Python may differ: BASELINE_PYTHON)
+      model=${name%-d}
+      step "$name" 240 "${one_gpu[@]}" "${baseline[@]}" "$model" --ways d --concurrency 1 8 64 \
+        --single-pair-requests 10 --out "$RESULTS/$name" ;;
+    fidelity)  # random-weight Qwen3: bf16 and FP8 against float32 on the same 1,000 pairs
+      step fidelity 360 "${one_gpu[@]}" python -m bench.fp8_fidelity --random-qwen3 --models-dir "$MODELS" \
+        --tokenizers "$TOKENIZERS" --models ${FIDELITY_MODELS:-Qwen3-Reranker-4B Qwen3-Reranker-8B} \
+        --out "$RESULTS/fidelity/fidelity.json" ;;
     *) echo "unknown step $name" >&2 ;;
   esac
 done

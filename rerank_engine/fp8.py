@@ -9,8 +9,9 @@ The recipe (one source of truth; `rerank_engine.kernels` follows it):
   products of `rerank_engine.packed` are row concatenations of weights *and* scales (`Fp8Weight.cat`).
 - Activations: dynamic, one scale per token (row), the same formula over the row.
 - Quantizing: `q = fp8(clamp(x / scale, -FP8_MAX, FP8_MAX))`, computed in float32 with an IEEE
-  division and round-to-nearest-even into E4M3. The clamp only catches the last-bit overshoot of
-  `x / scale` for the row's largest element. `AMAX_FLOOR` keeps an all-zero row's scale finite
+  division and round-to-nearest-even into E4M3. The clamp is a guard: under its row's own scale
+  no value exceeds 448 by more than float32's last bit, but a conversion past 448 is not
+  saturating everywhere (Triton's interpreter wraps, see `rerank_engine.triton_kernels`). `AMAX_FLOOR` keeps an all-zero row's scale finite
   (its values quantize to 0 and come back as 0), so no row ever divides by zero.
 - Dequantized value: `float(q) * scale`. A product of two quantized operands is
   `(x_q @ w_q.T) * scale_x[m] * scale_w[n]`, which is what `torch._scaled_mm` computes with
@@ -40,7 +41,7 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)
 """448: E4M3 (the 'fn' variant: no infinities, one NaN pattern) tops out at 1.75 * 2^8."""
 AMAX_FLOOR = 1e-12
-"""The smallest row maximum a scale is computed from (fbgemm and DeepSeek's kernels use the same epsilon)."""
+"""The smallest row maximum a scale is computed from (the epsilon of fbgemm's Triton FP8 quantization kernels)."""
 SCALED_MM_CAPABILITY = (8, 9)
 """FP8 tensor cores: Ada (8.9) and Hopper (9.0) and later."""
 SCALED_MM_ALIGNMENT = 16

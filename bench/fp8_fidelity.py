@@ -55,7 +55,7 @@ from rerank_engine.scoring import Pair, Scorer
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
 MINILM_HEADS = ("pooler.*",)
-"""BertModel's pooler: a head the bi-encoder does not use (it mean-pools the last hidden state); heads stay as they are."""
+"""BertModel's pooler: a head, and one the bi-encoder does not use (it mean-pools the last hidden state)."""
 MAX_NDCG_DELTA = 0.005
 """Issue 11's bound on |nDCG@10(FP8) - nDCG@10(fp32)| for MiniLM on each set."""
 RANDOM_QWEN3 = ("Qwen3-Reranker-4B", "Qwen3-Reranker-8B")

@@ -9,9 +9,11 @@ The recipe (one source of truth; `rerank_engine.kernels` follows it):
   products of `rerank_engine.packed` are row concatenations of weights *and* scales (`Fp8Weight.cat`).
 - Activations: dynamic, one scale per token (row), the same formula over the row.
 - Quantizing: `q = fp8(clamp(x / scale, -FP8_MAX, FP8_MAX))`, computed in float32 with an IEEE
-  division and round-to-nearest-even into E4M3. The clamp only catches the last-bit overshoot of
-  `x / scale` for the row's largest element. `AMAX_FLOOR` keeps an all-zero row's scale finite
-  (its values quantize to 0 and come back as 0), so no row ever divides by zero.
+  division and round-to-nearest-even into E4M3. The clamp is a guard: under its row's own scale
+  no value exceeds 448 by more than float32's last bit, but a conversion past 448 is not
+  saturating everywhere (Triton's interpreter wraps, see `rerank_engine.triton_kernels`).
+  `AMAX_FLOOR` keeps an all-zero row's scale finite (its values quantize to 0 and come back as 0),
+  so no row ever divides by zero.
 - Dequantized value: `float(q) * scale`. A product of two quantized operands is
   `(x_q @ w_q.T) * scale_x[m] * scale_w[n]`, which is what `torch._scaled_mm` computes with
   row-wise scales on Hopper/Ada, and what `fp8_linear` emulates in float32 elsewhere.
@@ -40,7 +42,7 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)
 """448: E4M3 (the 'fn' variant: no infinities, one NaN pattern) tops out at 1.75 * 2^8."""
 AMAX_FLOOR = 1e-12
-"""The smallest row maximum a scale is computed from (fbgemm and DeepSeek's kernels use the same epsilon)."""
+"""The smallest row maximum a scale is computed from (the epsilon of fbgemm's Triton FP8 quantization kernels)."""
 SCALED_MM_CAPABILITY = (8, 9)
 """FP8 tensor cores: Ada (8.9) and Hopper (9.0) and later."""
 SCALED_MM_ALIGNMENT = 16
@@ -226,7 +228,8 @@ class Fp8Linear(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8=e4m3"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, fp8=e4m3")
 
 
 def _replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -312,7 +315,9 @@ def checkpoint_format(config: Mapping) -> Fp8CheckpointFormat | None:
                     f"{weights.get('type')} weights; only 8-bit float (FP8 E4M3) weights load"
                 )
             if weights.get("symmetric") is False:
-                raise ValueError(f"compressed-tensors group {group_name!r} is asymmetric; FP8 weights load symmetric only")
+                raise ValueError(
+                    f"compressed-tensors group {group_name!r} is asymmetric; FP8 weights load symmetric only"
+                )
             strategy = weights.get("strategy")
             if strategy not in STRATEGIES:
                 raise ValueError(f"compressed-tensors group {group_name!r} has strategy {strategy!r}; "
@@ -402,7 +407,9 @@ def _safetensors_files(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"{folder} has no model.safetensors(.index.json): FP8 checkpoints load from safetensors")
 
 
-def load_fp8_checkpoint(folder: Path | str, auto_class, dtype: torch.dtype = torch.bfloat16, **model_kwargs) -> Fp8Checkpoint:
+def load_fp8_checkpoint(
+    folder: Path | str, auto_class, dtype: torch.dtype = torch.bfloat16, **model_kwargs
+) -> Fp8Checkpoint:
     """Load a checkpoint whose config.json declares FP8 weights, keeping them in E4M3.
 
     `auto_class` is the transformers auto class the engine uses for the model kind
@@ -463,11 +470,14 @@ def load_fp8_checkpoint(folder: Path | str, auto_class, dtype: torch.dtype = tor
         name = _module_in_model(model, key)
         linear = model.get_submodule(name)
         if not isinstance(linear, nn.Linear) or tuple(linear.weight.shape) != tuple(weight.weight.shape):
-            raise ValueError(f"{key}.weight is FP8 but {name} is not an nn.Linear of shape {tuple(weight.weight.shape)}")
+            raise ValueError(
+                f"{key}.weight is FP8 but {name} is not an nn.Linear of shape {tuple(weight.weight.shape)}"
+            )
         _replace_module(model, name, Fp8Linear(weight, linear.bias))
         by_module[name] = weight
     if "block" in fmt.strategies:
-        log.info("%s: block-wise FP8 scales converted to per-channel ones (dequantized and quantized again)", folder.name)
+        log.info("%s: block-wise FP8 scales converted to per-channel ones (dequantized and quantized again)",
+                 folder.name)
     return Fp8Checkpoint(model.eval(), by_module, fmt)
 
 

@@ -210,7 +210,8 @@ def per_token_quant_kernel(
 @triton.jit
 def qk_norm_rope_kernel(
     qk_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr,
-    heads, head_dim, dim_float, qk_token_stride, qk_head_stride, cos_stride, sin_stride, out_token_stride, out_head_stride, eps,
+    heads, head_dim, dim_float, qk_token_stride, qk_head_stride, cos_stride, sin_stride,
+    out_token_stride, out_head_stride, eps,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, EMULATE_CASTS: tl.constexpr,
 ):
     """RMSNorm over head_dim (one weight row per head), then rotary embedding, for one token's group of heads.

@@ -112,7 +112,8 @@ def test_quantize_per_token_scales_each_row_of_any_leading_shape():
     values, scale = quantize_per_token(x)
     assert values.shape == x.shape and values.dtype == FP8_DTYPE
     assert scale.shape == (2, 3, 1) and scale.dtype == torch.float32
-    torch.testing.assert_close(scale.double(), x.double().abs().amax(dim=-1, keepdim=True) / E4M3_MAX, rtol=1e-6, atol=0)
+    expected_scale = x.double().abs().amax(dim=-1, keepdim=True) / E4M3_MAX
+    torch.testing.assert_close(scale.double(), expected_scale, rtol=1e-6, atol=0)
     assert ((values.float() * scale - x).abs() <= e4m3_error_bound(x, scale) * (1 + 1e-6)).all()
 
 
@@ -265,7 +266,8 @@ def _quantized(key: str) -> bool:
 
 FORMATS = {
     "compressed-tensors-channel": {
-        "config": {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+        "config": {"quant_method": "compressed-tensors", "format": "float-quantized",
+                   "quantization_status": "compressed",
                    "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
                        "num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True, "dynamic": False},
                        "input_activations": {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True}}},
@@ -274,7 +276,8 @@ FORMATS = {
         "scale_name": "weight_scale",
     },
     "compressed-tensors-tensor": {
-        "config": {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+        "config": {"quant_method": "compressed-tensors", "format": "float-quantized",
+                   "quantization_status": "compressed",
                    "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
                        "num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True, "dynamic": False},
                        "input_activations": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False}}},
@@ -284,7 +287,8 @@ FORMATS = {
         "input_scale": True,
     },
     "compressed-tensors-block": {
-        "config": {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+        "config": {"quant_method": "compressed-tensors", "format": "float-quantized",
+                   "quantization_status": "compressed",
                    "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
                        "num_bits": 8, "type": "float", "strategy": "block", "block_structure": list(BLOCK),
                        "symmetric": True, "dynamic": False},
@@ -323,7 +327,8 @@ def write_fp8_checkpoint(source, target, name: str, shards: int = 1):
     for key, tensor in load_file(source / "model.safetensors").items():
         if _quantized(key):
             scale = spec["scale"](tensor).to(spec.get("scale_dtype", torch.float32))
-            dense_scale = scale.float() if scale.dim() < 2 or scale.shape[1] == 1 else _expand_blocks(scale.float(), tensor.shape)
+            per_row_or_tensor = scale.dim() < 2 or scale.shape[1] == 1
+            dense_scale = scale.float() if per_row_or_tensor else _expand_blocks(scale.float(), tensor.shape)
             stored[key] = _e4m3(tensor, dense_scale).contiguous()
             stored[key.replace(".weight", "." + spec["scale_name"])] = scale.contiguous()
             if spec.get("input_scale"):

@@ -62,7 +62,8 @@ def test_rms_norm_quant_fallback_is_qwen3_rms_norm_quantized(with_residual):
     assert not kernels.available(torch.device("cpu"))
     public = kernels.rms_norm_quant(x, norm.weight.detach(), 1e-6, residual if with_residual else None)
     for a, b in zip(public, out):
-        assert torch.equal(a.view(torch.uint8) if a.dtype == FP8_DTYPE else a, b.view(torch.uint8) if b.dtype == FP8_DTYPE else b)
+        bits = (lambda t: t.view(torch.uint8) if t.dtype == FP8_DTYPE else t)
+        assert torch.equal(bits(a), bits(b))
 
 
 def test_rms_norm_quant_fallback_rounds_the_residual_stream_to_its_dtype():

@@ -186,12 +186,12 @@ def _load_model(folder, auto_model, dtype: torch.dtype, device: torch.device, co
         if config.quantization != "fp8":
             raise ValueError(f"{folder} holds FP8 weights ({stored.method}): serve it with quantization: fp8")
         return fp8.load_fp8_checkpoint(folder, auto_model, dtype, attn_implementation="sdpa").model.to(device).eval()
-    model = auto_model.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    model = auto_model.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()  # on the host
     if config.quantization == "fp8":
-        fp8.quantize_linears(model, skip=KEPT_HEADS[config.scorer])
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # the bf16 weights the E4M3 ones replaced go back to the device
-    return model
+        # Layer by layer on the device: its memory holds the E4M3 weights and one layer in bf16, never the
+        # whole bf16 model (on an H200 quantizing after a full bf16 load made the FP8 8B peak above bf16's).
+        fp8.quantize_linears(model, skip=KEPT_HEADS[config.scorer], device=device)
+    return model.to(device)
 
 
 def _execution(config: EngineConfig, scorer_cls: type[Scorer], model, device: torch.device,

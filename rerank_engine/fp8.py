@@ -237,12 +237,15 @@ def _replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name), attribute, module)
 
 
-def quantize_linears(module: nn.Module, skip: Iterable[str] = (), fast_accum: bool = False) -> dict[str, Fp8Linear]:
+def quantize_linears(module: nn.Module, skip: Iterable[str] = (), fast_accum: bool = False,
+                     device: torch.device | None = None) -> dict[str, Fp8Linear]:
     """Replace `module`'s `nn.Linear` layers by `Fp8Linear`s in place; returns them by qualified name.
 
     Only `nn.Linear` instances change: embeddings and norms are other module types and stay as
     they are. `skip` holds shell-style patterns matched against qualified names (`"lm_head"`,
-    `"pooler.*"`, `"*.classifier"`): the caller names the heads to keep.
+    `"pooler.*"`, `"*.classifier"`): the caller names the heads to keep. With `device`, each layer
+    is moved there and quantized there one at a time, so a model loaded on the host never has all
+    its full-precision linear weights on the device at once.
     """
     patterns = tuple(skip)
     swapped: dict[str, Fp8Linear] = {}
@@ -251,7 +254,8 @@ def quantize_linears(module: nn.Module, skip: Iterable[str] = (), fast_accum: bo
             continue
         if not name:
             raise ValueError("quantize_linears replaces submodules; wrap a bare nn.Linear with Fp8Linear.from_linear")
-        swapped[name] = Fp8Linear.from_linear(child, fast_accum=fast_accum)
+        source = child if device is None else child.to(device)
+        swapped[name] = Fp8Linear.from_linear(source, fast_accum=fast_accum)
         _replace_module(module, name, swapped[name])
     return swapped
 

@@ -4,6 +4,7 @@ lifespan that connects to Triton and activates the start-up model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 
@@ -38,6 +39,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             watcher.cancel()
+            # Waited for, so no health check of the watcher is still in flight on the gRPC channel when it
+            # closes (its completion would reach an event loop that is gone).
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await triton.close()
 
     app = FastAPI(

@@ -260,7 +260,7 @@ def _document_texts(body: RerankRequest) -> tuple[list[str], list[str]]:
                 raise GatewayError(ErrorKind.INVALID_REQUEST,
                                    f"documents[{index}].{missing}: Field required (named in rank_fields)",
                                    field=f"documents[{index}].{missing}")
-            texts.append("\n".join(f"{name}: {_field_text(fields[name])}" for name in body.rank_fields))
+            texts.append(clean_text("\n".join(f"{name}: {_field_text(fields[name])}" for name in body.rank_fields)))
         elif document.text is None:
             raise GatewayError(ErrorKind.INVALID_REQUEST,
                                f"documents[{index}].text: Field required (or name the fields to rank on in rank_fields)",
@@ -277,11 +277,25 @@ def _fields(document: RerankDocument) -> dict:
 
 
 def _field_text(value) -> str:
-    return clean_text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _cleaned(value):
+    """A JSON value with every string, keys included, cleaned of lone surrogates (they cannot be encoded
+    in the response); the `Text` fields are cleaned when parsed, an object document's own fields are not."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(key): _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
 
 
 def _returned_document(document: str | RerankDocument) -> RerankResultDocument:
-    return RerankResultDocument(text=document) if isinstance(document, str) else RerankResultDocument(**_fields(document))
+    if isinstance(document, str):
+        return RerankResultDocument(text=document)
+    return RerankResultDocument.model_validate(_cleaned(_fields(document)))
 
 
 def _require_finite(outputs: ScoreOutputs, model: ModelConfig) -> None:

@@ -60,11 +60,17 @@ def test_a_cross_encoder_scores_a_long_document_by_its_best_window(bge, bge_dir)
     assert chunked.score[1] == pytest.approx(single.score[0], abs=1e-6)  # a short document is one window
 
 
-def test_windows_past_max_chunks_are_left_out_and_reported(bge):
+def test_windows_past_max_chunks_are_left_out_and_reported(bge, bge_dir):
+    tokenizer = AutoTokenizer.from_pretrained(bge_dir)
+    document = len(tokenizer(NEEDLE_DOCUMENT, add_special_tokens=False).input_ids)
+    size = 512 - 4 - len(tokenizer(QUERY, add_special_tokens=False).input_ids)
     whole = bge.score([Pair(QUERY, NEEDLE_DOCUMENT, max_chunks=50)])
     first_two = bge.score([Pair(QUERY, NEEDLE_DOCUMENT, max_chunks=2)])
-    assert first_two.chunks[0] == 2 and first_two.truncated[0]
-    assert first_two.input_tokens[0] == whole.input_tokens[0] > first_two.num_tokens[0]
+    assert first_two.chunks[0] == 2 and first_two.truncated[0] and not whole.truncated[0]
+    assert first_two.num_tokens[0] == 2 * 512
+    # What was left unscored: the tokens after the second window (which starts three quarters of a window in).
+    unscored = document - (size + size - size // 4)
+    assert unscored > 0 and first_two.input_tokens[0] - first_two.num_tokens[0] == unscored
     last_two = bge.score([Pair(QUERY, NEEDLE_DOCUMENT, max_chunks=2, keep_end=True)])
     # The best of a subset of the windows is never above the best of all of them.
     assert max(first_two.score[0], last_two.score[0]) <= whole.score[0] + 1e-6

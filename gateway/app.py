@@ -4,11 +4,13 @@ lifespan that connects to Triton and activates the start-up model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.docs import install_offline_docs
 from gateway.errors import ErrorKind, install_error_handlers
 from gateway.guards import RequestGuards
 from gateway.metrics import GatewayMetrics
@@ -37,6 +39,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             watcher.cancel()
+            # Waited for, so no health check of the watcher is still in flight on the gRPC channel when it
+            # closes (its completion would reach an event loop that is gone).
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await triton.close()
 
     app = FastAPI(
@@ -44,10 +50,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Scores (query, document) pairs with Triton-served rerankers; switch models at run time.",
         lifespan=lifespan,
+        docs_url=None,  # served from installed files by install_offline_docs, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(router)
+    install_offline_docs(app)
     install_error_handlers(app)
     app.add_middleware(
         RequestGuards,

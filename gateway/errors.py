@@ -1,7 +1,8 @@
 """Every error the gateway answers with, and its HTTP status: one table.
 
 Handlers render all of them, request validation errors included, as
-`{"error": message, "error_type": kind, "field": ...}`.
+`{"error": message, "error_type": kind, "field": ..., "detail": message}`: `detail`
+repeats the message where FastAPI's and Jina's clients read it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def error_body(kind: ErrorKind, message: str, field: str | None = None) -> dict:
     body = {"error": message, "error_type": kind.value}
     if field:
         body["field"] = field
+    body["detail"] = message
     return body
 
 
@@ -82,7 +84,7 @@ FIELD_NAMES = _request_field_names()
 def field_path(location: tuple, unknown: bool = False) -> str:
     """pydantic's error location as the client wrote the body: `documents[0].text`.
 
-    Locations also hold the names of union members and validators (`function-after[_clean(), str]`,
+    Locations also hold the names of union members and validators (`function-after[clean_text(), str]`,
     `RerankDocument`, a discriminator's tag); they name no part of the body and are left out. With
     `unknown` (an extra field that is not allowed) the last part is the client's own field name.
     """

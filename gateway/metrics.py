@@ -14,7 +14,7 @@ switch to a model would otherwise never show in `rate`, `increase` or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -33,9 +33,10 @@ NO_MODEL = "none"  # label of requests refused before a model was chosen
 @dataclass
 class RequestRecord:
     """What one request used, filled in by the service and read after the response:
-    by the timing headers (TEI's names) and by the metrics."""
+    by the timing headers (TEI's names), the warnings header and the metrics."""
 
     model: str | None = None
+    warnings: list[str] = field(default_factory=list)
     documents: int | None = None
     tokens: int | None = None
     queue_s: float | None = None

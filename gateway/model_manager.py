@@ -126,6 +126,16 @@ class ModelManager:
             ErrorKind.UNKNOWN_MODEL, f"unknown model {name!r}; valid names: {', '.join(valid)}", field=field
         )
 
+    async def is_known(self, name: str) -> bool:
+        """Whether `name` is an alias, a catalog model's hub id or a model of Triton's repository."""
+        try:
+            await self.resolve(name, field="model")
+        except GatewayError as exc:
+            if exc.kind is ErrorKind.UNKNOWN_MODEL:
+                return False
+            raise
+        return True
+
     @asynccontextmanager
     async def lease(self, requested: str | None = None) -> AsyncIterator[ModelConfig]:
         """The named model if it is loaded, else the active one, held until the block ends."""

@@ -2,7 +2,8 @@
 
 Every response gets `x-total-time`, and a scored one also gets `x-queue-time`
 and `x-inference-time` (TEI's names, in milliseconds; the load tests read
-them). Once the response is sent, the request goes into the metrics with its
+them), and `x-warnings` when the request had any (a JSON list of strings,
+ASCII-escaped: the only place for them in TEI's bare-list answer). Once the response is sent, the request goes into the metrics with its
 route, status and, for a refusal, the reason.
 
 It is plain ASGI rather than Starlette's `BaseHTTPMiddleware`, which runs the
@@ -12,6 +13,7 @@ every request.
 
 from __future__ import annotations
 
+import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,6 +47,8 @@ class RequestObserver:
                 if record is not None and record.inference_s is not None:
                     headers.append((b"x-queue-time", f"{record.queue_s * 1000:.3f}".encode()))
                     headers.append((b"x-inference-time", f"{record.inference_s * 1000:.3f}".encode()))
+                if record is not None and record.warnings:
+                    headers.append((b"x-warnings", json.dumps(record.warnings).encode("ascii")))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -8,7 +8,7 @@ for an integer, which the schema says are invalid)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -26,12 +26,12 @@ from rerank_engine import catalog
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _clean(value: str) -> str:
+def clean_text(value: str) -> str:
     # JSON may carry "\ud800" alone; it cannot be encoded to UTF-8 for the model, so it becomes U+FFFD.
     return _LONE_SURROGATE.sub("\ufffd", value)
 
 
-Text = Annotated[str, AfterValidator(_clean)]
+Text = Annotated[str, AfterValidator(clean_text)]
 """Every text field: a JSON string with lone surrogates replaced by U+FFFD (NUL bytes pass unchanged)."""
 
 
@@ -60,16 +60,64 @@ class RerankPairResponse(BaseModel):
     score: float = Field(description="Relevance of the document to the query, from the active model.")
 
 
+class ScoringOptions(BaseModel):
+    """What every scoring request may say beyond its texts: how they are cut and chunked, and the fields
+    of other vendors' clients that the gateway accepts without using them (named in `meta.warnings`)."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("user", "request_id")
+
+    truncate: bool = Field(
+        True, description="Cut pairs longer than the model's limit (reported in meta); false: refuse them with 400."
+    )
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1,
+        description="vLLM: read at most this many tokens of each sequence (the pair; each text for bi-encoders), "
+        "at most the model's limit; -1: the model's limit.",
+    )
+    truncation_side: Literal["left", "right"] | None = Field(
+        None, description="vLLM: 'left' cuts the start of a text instead of its end."
+    )
+    max_chunks_per_doc: int | None = Field(
+        None, ge=1,
+        description="Cohere v1: score a document longer than the model's window in up to this many overlapping "
+        "token windows; its score is the best window's. Default: RERANKER_MAX_CHUNKS_PER_DOC (1: truncate).",
+    )
+    use_activation: bool | None = Field(
+        None, description="vLLM: false returns each model's raw score (the logit) as the score."
+    )
+    user: str | None = Field(None, description="OpenAI/vLLM end-user id: accepted and ignored (named in the warnings).")
+    request_id: str | None = Field(None, description="vLLM's request id: accepted and ignored (named in the warnings).")
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _not_zero(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("must be -1 (the model's limit) or a positive number of tokens")
+        return value
+
+    @model_validator(mode="after")
+    def _truncation_is_one_policy(self):
+        cuts = [name for name in ("max_tokens_per_doc", "truncate_prompt_tokens") if getattr(self, name, None) is not None]
+        if not self.truncate and cuts:
+            raise ValueError(f"{cuts[0]} asks to cut texts; it cannot go with truncate: false")
+        return self
+
+    def ignored_fields(self) -> list[str]:
+        """Warnings naming the fields sent that the gateway does not use."""
+        return [f"{name} ignored: the gateway does not use it" for name in self.IGNORED if name in self.model_fields_set]
+
+
 class RerankDocument(BaseModel):
-    """A document as an object (Jina and Cohere v1 accept `{"text": ...}`)."""
+    """A document as an object: `{"text": ...}` (Jina, Cohere v1), or any fields that `rank_fields` names
+    (Cohere v1); every field comes back with the result when `return_documents` is set."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    text: Text
+    text: Text | None = None
 
 
-class RerankRequest(BaseModel):
-    """One query, many documents: the Cohere v2 / Jina rerank request."""
+class RerankRequest(ScoringOptions):
+    """One query, many documents: the Cohere v1 and v2, Jina, vLLM and Infinity rerank request."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -90,7 +138,13 @@ class RerankRequest(BaseModel):
     model: str | None = Field(None, description="Alias or Triton name of a loaded model; default: the active one.")
     query: Text = Field(description="The search query.")
     documents: list[Text | RerankDocument] = Field(
-        min_length=1, description="Candidate documents, as strings or {\"text\": ...} objects."
+        min_length=1, description="Candidate documents, as strings or objects ({\"text\": ...}, or the fields of "
+        "`rank_fields`)."
+    )
+    rank_fields: list[str] | None = Field(
+        None, min_length=1,
+        description="Cohere v1: the fields of object documents to rank on, in this order; the text scored is one "
+        "'field: value' line per field (values other than strings as JSON). Ignored for string documents.",
     )
     top_n: int | None = Field(
         None, ge=1, description="Return the best n results (after sorting); larger than the documents: all."
@@ -104,26 +158,18 @@ class RerankRequest(BaseModel):
         max_length=4096,  # well inside Qwen3's 8192-token prompt, so the query and document keep room
         description="Task instruction for Qwen3 rerankers; ignored, with a warning in meta, by the others.",
     )
-    truncate: bool = Field(
-        True, description="Cut pairs longer than the model's limit (reported in meta); false: refuse them with 400."
-    )
     return_raw_scores: bool = Field(False, description="Add each result's raw logit (`raw_score`).")
-    raw_scores: bool = Field(False, description="Alias of return_raw_scores.")
+    raw_scores: bool = Field(False, description="Alias of return_raw_scores (Infinity).")
 
     _query_has_text = field_validator("query")(_has_text)
 
-    @model_validator(mode="after")
-    def _truncation_is_one_policy(self) -> "RerankRequest":
-        if not self.truncate and self.max_tokens_per_doc is not None:
-            raise ValueError("max_tokens_per_doc asks to cut documents; it cannot go with truncate: false")
-        return self
-
-    def texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
-
 
 class RerankResultDocument(BaseModel):
-    text: str
+    """`{"text": ...}` for a string document; an object document as it was sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str | None = None
 
 
 class RerankResult(BaseModel):
@@ -131,11 +177,14 @@ class RerankResult(BaseModel):
     relevance_score: float = Field(description="Model score: [0, 1] for cross-encoders, cosine for bi-encoders.")
     document: RerankResultDocument | None = None
     raw_score: float | None = None
+    chunks: int | None = Field(None, description="Windows the document was scored in, when chunking is on.")
 
 
 class RerankUsage(BaseModel):
-    total_tokens: int = Field(description="Tokens the model read, after truncation.")
+    total_tokens: int = Field(description="Tokens the model read, after truncation, over every chunk.")
+    prompt_tokens: int = Field(description="The same count, under vLLM's name.")
     truncated_documents: int = Field(0, description="Documents cut to fit the model or max_tokens_per_doc.")
+    chunks: int | None = Field(None, description="Windows scored over all documents, when chunking is on.")
 
 
 class RerankMeta(BaseModel):
@@ -155,15 +204,57 @@ class RerankResponse(BaseModel):
     meta: RerankMeta
 
 
+class TeiRerankRequest(BaseModel):
+    """Text Embeddings Inference's rerank request, answered with TEI's bare list."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"query": "What is Deep Learning?", "texts": ["Deep Learning is ...", "Cake"],
+                                         "return_text": True}]},
+    )
+
+    query: Text = Field(description="The search query.")
+    texts: list[Text] = Field(min_length=1, description="Candidate documents.")
+    truncate: bool | None = Field(
+        None, description="false: refuse a pair longer than the model's limit with 400; default: cut it."
+    )
+    truncation_direction: Literal["right", "left", "Right", "Left"] = Field(
+        "right", description="Which end of a text a cut removes."
+    )
+    raw_scores: bool = Field(False, description="Scores before the activation (the logit; cosine for bi-encoders).")
+    return_text: bool = Field(False, description="Echo each text.")
+
+    _query_has_text = field_validator("query")(_has_text)
+
+
+class TeiRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+def _rerank_form(body: Any) -> str:
+    if isinstance(body, dict) and "documents" in body:
+        return "list-form"
+    return "tei-form" if isinstance(body, dict) and "texts" in body else "pair-form"
+
+
 RerankAnyRequest = Annotated[
-    Union[Annotated[RerankPairRequest, Tag("pair-form")], Annotated[RerankRequest, Tag("list-form")]],
-    Discriminator(lambda body: "list-form" if isinstance(body, dict) and "documents" in body else "pair-form"),
+    Union[
+        Annotated[RerankPairRequest, Tag("pair-form")],
+        Annotated[RerankRequest, Tag("list-form")],
+        Annotated[TeiRerankRequest, Tag("tei-form")],
+    ],
+    Discriminator(_rerank_form),
 ]
-"""/rerank takes the seed's single pair, or the list form of /v1/rerank."""
+"""/rerank takes the seed's single pair, the list form of /v1/rerank, or TEI's `{query, texts}`: the body's
+fields decide (`documents`: the list form; `texts`: TEI's; otherwise the pair)."""
 
 
-class ScoreRequest(BaseModel):
-    """Arbitrary (text_1, text_2) pairs, vLLM style, or queries/documents lists."""
+class ScoreRequest(ScoringOptions):
+    """Scores of pairs in request order, vLLM's /score: one query with many documents, or one per document,
+    under any of vLLM's names for the two sides (text_1/text_2, queries/documents, queries/items, data_1/data_2)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -172,21 +263,28 @@ class ScoreRequest(BaseModel):
                                          "text_2": ["Paris is the capital of France.", "Berlin is in Germany."]}]},
     )
 
+    FORMS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
+
     model: str | None = Field(None, description="Alias or Triton name of a loaded model; default: the active one.")
     text_1: Text | list[Text] | None = Field(None, description="Query, or one query per pair.")
     text_2: Text | list[Text] | None = Field(None, description="Document, or one document per pair.")
-    queries: list[Text] | None = Field(None, description="One query per pair (with `documents`).")
-    documents: list[Text] | None = Field(None, description="One document per pair (with `queries`).")
-    truncate: bool = Field(True, description="As in /v1/rerank.")
+    queries: Text | list[Text] | None = Field(None, description="Query, or one query per pair (with `documents`).")
+    documents: Text | list[Text] | None = Field(None, description="Document, or one per pair (with `queries`).")
+    items: Text | list[Text] | None = Field(None, description="vLLM's other name of `documents`.")
+    data_1: Text | list[Text] | None = Field(None, description="vLLM's other name of `text_1`.")
+    data_2: Text | list[Text] | None = Field(None, description="vLLM's other name of `text_2`.")
 
     @model_validator(mode="after")
     def _one_form(self) -> "ScoreRequest":
-        vllm = self.text_1 is not None or self.text_2 is not None
-        if vllm == (self.queries is not None or self.documents is not None):
-            raise ValueError("give either text_1 and text_2, or queries and documents")
-        first, second = (self.text_1, self.text_2) if vllm else (self.queries, self.documents)
+        sent = {name for pair in self.FORMS for name in pair if getattr(self, name) is not None}
+        forms = [pair for pair in self.FORMS if sent & set(pair) and (pair[1] in sent or pair[0] != "queries")]
+        if len(forms) != 1 or sent - set(forms[0]):
+            raise ValueError("give one pair of fields: text_1 and text_2, queries and documents (or items), "
+                             "or data_1 and data_2")
+        first, second = (getattr(self, name) for name in forms[0])
         if first is None or second is None:
-            raise ValueError("both sides of the pairs are required")
+            raise ValueError(f"both sides of the pairs are required: {forms[0][0]} and {forms[0][1]}")
         first = [first] if isinstance(first, str) else first
         second = [second] if isinstance(second, str) else second
         if len(first) == 1 and len(second) > 1:
@@ -195,7 +293,9 @@ class ScoreRequest(BaseModel):
             raise ValueError(f"{len(first)} queries for {len(second)} documents: give one query, or one per document")
         for text in first:
             _has_text(text)
-        self.queries, self.documents, self.text_1, self.text_2 = first, second, None, None
+        for name in sent:
+            setattr(self, name, None)
+        self.queries, self.documents = first, second
         return self
 
 
@@ -236,6 +336,20 @@ class SwitchModelResponse(BaseModel):
     load_time_s: float = Field(description="Seconds spent loading the new model (0 when it was loaded already).")
 
 
+class OpenAIModel(BaseModel):
+    id: str = Field(description="The Triton model name, which requests may send as `model`.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time of this answer, as vLLM gives it.")
+    owned_by: str = "reranker"
+    root: str = Field(description="The Hugging Face id of a catalog model (also accepted as `model`), else the name.")
+    max_model_len: int = Field(description="The most tokens of one sequence the model reads.")
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel] = Field(description="The loaded models, the active one first.")
+
+
 class ModelsResponse(BaseModel):
     available: list[str] = Field(description="Models in Triton's repository.")
     aliases: dict[str, str] = Field(description="Short names accepted by /switch_model.")
@@ -258,3 +372,4 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong, naming the field and the limit where there is one.")
     error_type: str
     field: str | None = None
+    detail: str = Field(description="The same message, where FastAPI's and Jina's clients read it.")

@@ -10,6 +10,7 @@ from gateway.protocol import (
     ErrorResponse,
     HealthResponse,
     ModelsResponse,
+    OpenAIModelList,
     RerankAnyRequest,
     RerankPairRequest,
     RerankPairResponse,
@@ -19,6 +20,8 @@ from gateway.protocol import (
     ScoreResponse,
     SwitchModelRequest,
     SwitchModelResponse,
+    TeiRank,
+    TeiRerankRequest,
 )
 from gateway.service import RerankService
 
@@ -38,12 +41,15 @@ async def record(request: Request) -> RequestRecord:
     return request.state.record
 
 
-@router.post("/rerank", response_model=RerankPairResponse | RerankResponse, response_model_exclude_none=True,
-             tags=["rerank"])
+@router.post("/rerank", response_model=RerankPairResponse | RerankResponse | list[TeiRank],
+             response_model_exclude_none=True, tags=["rerank"])
 async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)):
-    """The seed's contract: one (query, document) pair -> {"score"}; the list form answers as /v1/rerank."""
+    """The body decides the form: the seed's `{query, document}` -> `{score}`; TEI's `{query, texts}` -> TEI's
+    sorted list of `{index, score, text?}`; the list form (`documents`) answers as /v1/rerank."""
     if isinstance(body, RerankPairRequest):
         return RerankPairResponse(score=await svc.score_pair(body.query, body.document, stats))
+    if isinstance(body, TeiRerankRequest):
+        return await svc.rerank_tei(body, stats)
     return await svc.rerank(body, stats)
 
 
@@ -52,13 +58,14 @@ async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), 
 async def rerank_documents(
     body: RerankRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)
 ) -> RerankResponse:
-    """Cohere v2 / Jina rerank: one query, many documents, results sorted by relevance."""
+    """Cohere v1 and v2, Jina, vLLM and Infinity rerank: one query, many documents, results sorted by relevance."""
     return await svc.rerank(body, stats)
 
 
 @router.post("/v1/score", response_model=ScoreResponse, tags=["rerank"])
+@router.post("/score", response_model=ScoreResponse, tags=["rerank"])
 async def score(body: ScoreRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)):
-    """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, or queries/documents)."""
+    """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, queries/documents or items, data_1/data_2)."""
     return await svc.score(body, stats)
 
 
@@ -71,6 +78,12 @@ async def switch_model(body: SwitchModelRequest, svc: RerankService = Depends(se
 @router.get("/models", response_model=ModelsResponse, tags=["models"])
 async def models(svc: RerankService = Depends(service)) -> ModelsResponse:
     return await svc.list_models()
+
+
+@router.get("/v1/models", response_model=OpenAIModelList, tags=["models"])
+async def openai_models(svc: RerankService = Depends(service)) -> OpenAIModelList:
+    """The loaded models in OpenAI's list shape, as vLLM answers it."""
+    return await svc.openai_models()
 
 
 @router.get("/health", response_model=HealthResponse, tags=["health"])

@@ -1,12 +1,16 @@
 """The gateway's use cases, between the HTTP routes and Triton: reranking and
-pair scoring on a leased model (fanned out in chunks Triton can batch),
-switching models, and reporting health."""
+pair scoring on a leased model (fanned out in chunks Triton can batch), in the
+shapes of the clients people already run (Cohere, Jina, TEI, vLLM), switching
+models, and reporting health."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
-from typing import Sequence
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Sequence
 
 import numpy as np
 
@@ -16,6 +20,9 @@ from gateway.model_manager import ModelManager
 from gateway.protocol import (
     HealthResponse,
     ModelsResponse,
+    OpenAIModel,
+    OpenAIModelList,
+    RerankDocument,
     RerankMeta,
     RerankRequest,
     RerankResponse,
@@ -26,10 +33,15 @@ from gateway.protocol import (
     ScoreRequest,
     ScoreResponse,
     ScoreUsage,
+    ScoringOptions,
     SwitchModelResponse,
+    TeiRank,
+    TeiRerankRequest,
+    clean_text,
 )
 from gateway.settings import GatewaySettings
-from gateway.triton import InferenceBackend, ScoreOutputs
+from gateway.triton import InferenceBackend, PairOptions, ScoreOutputs
+from rerank_engine import catalog
 from rerank_engine.model_config import ModelConfig
 
 
@@ -37,6 +49,7 @@ class RerankService:
     def __init__(self, triton: InferenceBackend, models: ModelManager, settings: GatewaySettings) -> None:
         self.triton = triton
         self.models = models
+        self.settings = settings
         self.max_documents = settings.max_documents_per_request
 
     async def score_pair(self, query: str, document: str, record: RequestRecord) -> float:
@@ -45,49 +58,109 @@ class RerankService:
         return float(outputs.score[0])
 
     async def rerank(self, body: RerankRequest, record: RequestRecord) -> RerankResponse:
-        texts = body.texts()
+        texts, warnings = _document_texts(body)
         self._check_count(len(texts), "documents")
-        warnings = []
-        async with self.models.lease(body.model) as model:
+        warnings += body.ignored_fields()
+        async with self._lease(body.model, warnings) as model:
+            options = self._options(body, model, len(texts), keep_end=body.truncation_side == "left")
             instruction = body.instruction if model.takes_instructions else None
             if body.instruction is not None and instruction is None:
                 warnings.append(f"instruction ignored: {model.name} is not a Qwen3 reranker")
-            outputs = await self._score(
-                model, [body.query] * len(texts), texts, instruction, body.max_tokens_per_doc, record
-            )
+            outputs = await self._score(model, [body.query] * len(texts), texts, instruction, options, record)
         if not body.truncate:
-            _refuse_truncated(outputs, model, "documents")
-        order = sorted(range(len(texts)), key=lambda i: (-outputs.score[i], i))[: body.top_n]
+            _refuse_truncated(outputs, model, "documents", options)
+        scores = outputs.raw_score if body.use_activation is False else outputs.score
         raw = body.return_raw_scores or body.raw_scores
+        chunked = options.max_chunks > 1
         truncated = int(outputs.truncated.sum())
+        record.warnings = warnings
         return RerankResponse(
             id=uuid.uuid4().hex,
             model=model.name,
             results=[
                 RerankResult(
                     index=i,
-                    relevance_score=float(outputs.score[i]),
-                    document=RerankResultDocument(text=texts[i]) if body.return_documents else None,
+                    relevance_score=float(scores[i]),
+                    document=_returned_document(body.documents[i]) if body.return_documents else None,
                     raw_score=float(outputs.raw_score[i]) if raw else None,
+                    chunks=int(outputs.chunks[i]) if chunked else None,
                 )
-                for i in order
+                for i in _ranking(scores, body.top_n)
             ],
-            usage=RerankUsage(total_tokens=int(outputs.num_tokens.sum()), truncated_documents=truncated),
+            usage=RerankUsage(
+                total_tokens=(tokens := int(outputs.num_tokens.sum())),
+                prompt_tokens=tokens,
+                truncated_documents=truncated,
+                chunks=int(outputs.chunks.sum()) if chunked else None,
+            ),
             meta=RerankMeta(truncated_documents=truncated, warnings=warnings),
         )
 
+    async def rerank_tei(self, body: TeiRerankRequest, record: RequestRecord) -> list[TeiRank]:
+        """TEI's answer: a bare list, so its warnings travel only in the `x-warnings` header."""
+        self._check_count(len(body.texts), "texts")
+        warnings: list[str] = []
+        async with self._lease(None, warnings) as model:
+            options = self._options(None, model, len(body.texts), keep_end=body.truncation_direction.lower() == "left")
+            outputs = await self._score(model, [body.query] * len(body.texts), body.texts, None, options, record)
+        if body.truncate is False:
+            _refuse_truncated(outputs, model, "texts", options)
+        scores = outputs.raw_score if body.raw_scores else outputs.score
+        record.warnings = warnings
+        return [TeiRank(index=i, score=float(scores[i]), text=body.texts[i] if body.return_text else None)
+                for i in _ranking(scores)]
+
     async def score(self, body: ScoreRequest, record: RequestRecord) -> ScoreResponse:
         self._check_count(len(body.documents), "documents")
-        async with self.models.lease(body.model) as model:
-            outputs = await self._score(model, body.queries, body.documents, record=record)
+        warnings = body.ignored_fields()
+        async with self._lease(body.model, warnings) as model:
+            options = self._options(body, model, len(body.documents), keep_end=body.truncation_side == "left")
+            outputs = await self._score(model, body.queries, body.documents, options=options, record=record)
         if not body.truncate:
-            _refuse_truncated(outputs, model, "text_2")
+            _refuse_truncated(outputs, model, "text_2", options)
+        scores = outputs.raw_score if body.use_activation is False else outputs.score
         tokens = int(outputs.num_tokens.sum())
+        record.warnings = warnings
         return ScoreResponse(
             id=uuid.uuid4().hex,
             model=model.name,
-            data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(outputs.score)],
+            data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(scores)],
             usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    @asynccontextmanager
+    async def _lease(self, requested: str | None, warnings: list[str]) -> AsyncIterator[ModelConfig]:
+        """The model a request names, or the active one; with `unknown_model: active`, a name the gateway
+        does not know is served by the active model, with a warning, instead of a 400."""
+        if requested and self.settings.unknown_model == "active" and not await self.models.is_known(requested):
+            warnings.append(f"model {requested!r} is unknown; the active model {self.models.active} answered")
+            requested = None
+        async with self.models.lease(requested) as model:
+            yield model
+
+    def _options(self, body: ScoringOptions | None, model: ModelConfig, documents: int, keep_end: bool) -> PairOptions:
+        """The request's cuts and chunking, checked against the model's limit and the request bounds."""
+        chunks = (body and body.max_chunks_per_doc) or self.settings.max_chunks_per_doc
+        if documents * chunks > self.settings.max_chunks_per_request:
+            raise GatewayError(
+                ErrorKind.INVALID_REQUEST,
+                f"max_chunks_per_doc: {documents} documents x {chunks} chunks is over the limit of "
+                f"{self.settings.max_chunks_per_request} chunks per request (RERANKER_MAX_CHUNKS_PER_REQUEST)",
+                field="max_chunks_per_doc",
+            )
+        max_tokens = body.truncate_prompt_tokens if body else None
+        if max_tokens is not None and max_tokens > model.max_length:
+            raise GatewayError(
+                ErrorKind.INVALID_REQUEST,
+                f"truncate_prompt_tokens: {max_tokens} is over the {model.max_length}-token limit of {model.name}; "
+                "request a smaller truncation size, or -1 for the model's limit",
+                field="truncate_prompt_tokens",
+            )
+        return PairOptions(
+            max_document_tokens=getattr(body, "max_tokens_per_doc", None),
+            max_tokens=None if max_tokens == -1 else max_tokens,
+            max_chunks=chunks,
+            keep_end=keep_end,
         )
 
     def _check_count(self, count: int, field: str) -> None:
@@ -105,22 +178,27 @@ class RerankService:
         queries: Sequence[str],
         documents: Sequence[str],
         instruction: str | None = None,
-        max_document_tokens: int | None = None,
+        options: PairOptions = PairOptions(),
         record: RequestRecord | None = None,
     ) -> ScoreOutputs:
         if record is not None:
             record.model = model.name  # set first: a request that fails is still counted under its model
-        # Chunks of at most max_batch_size go out concurrently, so Triton's
-        # dynamic batcher can merge them with other clients' work.
+        # Chunks of at most max_batch_size go out concurrently, so Triton's dynamic batcher can merge them
+        # with other clients' work. A chunked document stays one row: the model expands it into its windows
+        # inside the batch, where the micro-batches' token budget bounds the memory they take.
         size = max(model.max_batch_size, 1)
-        chunks = await asyncio.gather(
-            *(
-                self.triton.score(
-                    model.name, queries[i : i + size], documents[i : i + size], instruction, max_document_tokens
+        try:
+            chunks = await asyncio.gather(
+                *(
+                    self.triton.score(model.name, queries[i : i + size], documents[i : i + size], instruction, options)
+                    for i in range(0, len(documents), size)
                 )
-                for i in range(0, len(documents), size)
             )
-        )
+        except GatewayError as exc:
+            if exc.kind is ErrorKind.INVALID_REQUEST and options.max_tokens is not None:
+                # The only request-made limit a model can refuse: too few tokens for its template.
+                raise GatewayError(exc.kind, f"truncate_prompt_tokens: {exc.message}", "truncate_prompt_tokens") from None
+            raise
         outputs = ScoreOutputs.concatenate(chunks)
         _require_finite(outputs, model)
         if record is not None:
@@ -141,12 +219,84 @@ class RerankService:
         return ModelsResponse(available=view.available, aliases=view.aliases, loaded=view.loaded, active=view.active,
                               precision=view.precision)
 
+    async def openai_models(self) -> OpenAIModelList:
+        """The loaded models in OpenAI's list shape (vLLM's /v1/models), the active one first."""
+        view = await self.models.view()
+        now = int(time.time())
+        data = []
+        for name in sorted(view.loaded, key=lambda name: (name != view.active, name)):
+            config = self.models.loaded.get(name) or await self.triton.model_config(name)
+            entry = catalog.BY_NAME.get(name)
+            data.append(OpenAIModel(id=name, created=now, root=entry.hub_id if entry else name,
+                                    max_model_len=config.max_length))
+        return OpenAIModelList(data=data)
+
     async def health(self) -> HealthResponse:
         live = await self.triton.is_live()
         active = self.models.active
         ready = live and active is not None and await self.triton.is_ready(active)
         status = "ok" if ready else ("degraded" if live else "unavailable")
         return HealthResponse(status=status, triton_live=live, active_model=active)
+
+
+def _ranking(scores: np.ndarray, top_n: int | None = None) -> list[int]:
+    """Indices by score, highest first; ties keep request order."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:top_n]
+
+
+def _document_texts(body: RerankRequest) -> tuple[list[str], list[str]]:
+    """The text scored for each document, and warnings. An object document is ranked on its `text`, or
+    with `rank_fields` on one 'field: value' line per named field, in their order (Cohere v1)."""
+    warnings = []
+    if body.rank_fields and all(isinstance(document, str) for document in body.documents):
+        warnings.append("rank_fields ignored: the documents are strings")
+    texts = []
+    for index, document in enumerate(body.documents):
+        if isinstance(document, str):
+            texts.append(document)
+        elif body.rank_fields:
+            fields = _fields(document)
+            missing = next((name for name in body.rank_fields if name not in fields), None)
+            if missing is not None:
+                raise GatewayError(ErrorKind.INVALID_REQUEST,
+                                   f"documents[{index}].{missing}: Field required (named in rank_fields)",
+                                   field=f"documents[{index}].{missing}")
+            texts.append(clean_text("\n".join(f"{name}: {_field_text(fields[name])}" for name in body.rank_fields)))
+        elif document.text is None:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"documents[{index}].text: Field required (or name the fields to rank on in rank_fields)",
+                               field=f"documents[{index}].text")
+        else:
+            texts.append(document.text)
+    return texts, warnings
+
+
+def _fields(document: RerankDocument) -> dict:
+    """An object document's fields as the client sent them."""
+    sent = {"text": document.text} if "text" in document.model_fields_set else {}
+    return {**sent, **(document.model_extra or {})}
+
+
+def _field_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _cleaned(value):
+    """A JSON value with every string, keys included, cleaned of lone surrogates (they cannot be encoded
+    in the response); the `Text` fields are cleaned when parsed, an object document's own fields are not."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(key): _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
+
+
+def _returned_document(document: str | RerankDocument) -> RerankResultDocument:
+    if isinstance(document, str):
+        return RerankResultDocument(text=document)
+    return RerankResultDocument.model_validate(_cleaned(_fields(document)))
 
 
 def _require_finite(outputs: ScoreOutputs, model: ModelConfig) -> None:
@@ -162,13 +312,16 @@ def _require_finite(outputs: ScoreOutputs, model: ModelConfig) -> None:
         )
 
 
-def _refuse_truncated(outputs: ScoreOutputs, model: ModelConfig, field: str) -> None:
-    """`truncate: false`: a pair over the model's limit is an error naming it and its length."""
+def _refuse_truncated(outputs: ScoreOutputs, model: ModelConfig, field: str, options: PairOptions) -> None:
+    """`truncate: false`: a pair over the model's limit (or, chunked, over its chunks) is an error naming it."""
     if outputs.truncated.any():
         index = int(outputs.truncated.argmax())
-        raise GatewayError(
-            ErrorKind.INPUT_TOO_LONG,
-            f"{field}[{index}] with the query is {int(outputs.input_tokens[index])} tokens, over the "
-            f"{model.max_length}-token limit of {model.name}; shorten it or send truncate: true",
-            field=f"{field}[{index}]",
-        )
+        if options.max_chunks > 1:
+            message = (f"{field}[{index}] with the query needs more than {options.max_chunks} windows of the "
+                       f"{model.max_length}-token limit of {model.name} "
+                       f"({int(outputs.input_tokens[index] - outputs.num_tokens[index])} tokens were left out); "
+                       "raise max_chunks_per_doc or send truncate: true")
+        else:
+            message = (f"{field}[{index}] with the query is {int(outputs.input_tokens[index])} tokens, over the "
+                       f"{model.max_length}-token limit of {model.name}; shorten it or send truncate: true")
+        raise GatewayError(ErrorKind.INPUT_TOO_LONG, message, field=f"{field}[{index}]")

@@ -3,6 +3,8 @@ variables (or given by the command line), validated at start-up."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,6 +35,19 @@ class GatewaySettings(BaseSettings):
     )
     max_documents_per_request: int = Field(
         1000, ge=1, description="Most documents (or pairs) one request may carry, as Cohere allows."
+    )
+    max_chunks_per_doc: int = Field(
+        1, ge=1,
+        description="Windows a document longer than the model's window is scored in when the request does not say "
+        "(max_chunks_per_doc); its score is the best window's. 1: no chunking, long documents are truncated.",
+    )
+    max_chunks_per_request: int = Field(
+        10_000, ge=1, description="Most documents times max_chunks_per_doc one request may ask for, as Cohere allows."
+    )
+    unknown_model: Literal["error", "active"] = Field(
+        "error",
+        description="A scoring request naming a model the gateway does not know: 'error' answers 400; 'active' "
+        "serves it with the active model and says so in the warnings (clients with a fixed model name).",
     )
     max_concurrent_requests: int = Field(
         1024, ge=1, description="Scoring requests in flight before new ones get 429 with Retry-After."

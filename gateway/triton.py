@@ -42,12 +42,34 @@ class ModelState:
 
 
 @dataclass(frozen=True)
+class PairOptions:
+    """How one request's pairs are cut and chunked: sent as Triton request parameters, and read by the
+    engine into each pair (`rerank_engine.inputs.pair_options`)."""
+
+    max_document_tokens: int | None = None  # Cohere v2's max_tokens_per_doc
+    max_tokens: int | None = None  # vLLM's truncate_prompt_tokens: the most tokens of each sequence
+    max_chunks: int = 1  # Cohere v1's max_chunks_per_doc: windows per long document
+    keep_end: bool = False  # cut the start, not the end (TEI's truncation_direction, vLLM's truncation_side)
+
+    def parameters(self) -> dict:
+        """The Triton request parameters that say this; defaults are left out."""
+        parameters = {
+            contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS: self.max_document_tokens,
+            contract.REQUEST_PARAM_MAX_TOKENS: self.max_tokens,
+            contract.REQUEST_PARAM_MAX_CHUNKS: self.max_chunks if self.max_chunks > 1 else None,
+            contract.REQUEST_PARAM_KEEP_END: self.keep_end or None,
+        }
+        return {key: value for key, value in parameters.items() if value is not None}
+
+
+@dataclass(frozen=True)
 class ScoreOutputs:
     score: np.ndarray
     raw_score: np.ndarray
     num_tokens: np.ndarray
     input_tokens: np.ndarray
     truncated: np.ndarray
+    chunks: np.ndarray  # windows scored per document (1 unless chunking was asked for)
     compute_s: float  # engine time of the batch this request rode in
     round_trip_s: float  # gateway -> Triton -> gateway
 
@@ -90,7 +112,7 @@ class InferenceBackend(Protocol):
     async def model_config(self, model: str) -> ModelConfig: ...
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
-                    instruction: str | None = None, max_document_tokens: int | None = None) -> ScoreOutputs: ...
+                    instruction: str | None = None, options: PairOptions = PairOptions()) -> ScoreOutputs: ...
 
     async def close(self) -> None: ...
 
@@ -152,7 +174,7 @@ class TritonBackend:
         queries: Sequence[str],
         documents: Sequence[str],
         instruction: str | None = None,
-        max_document_tokens: int | None = None,
+        options: PairOptions = PairOptions(),
     ) -> ScoreOutputs:
         """Score rows of (query, document) in one Triton request.
 
@@ -163,9 +185,7 @@ class TritonBackend:
         if instruction is not None:
             inputs.append(_strings(contract.INPUT_INSTRUCTION, [instruction] * len(documents)))
         # The send time lets the model's batch log tell how long the request waited.
-        parameters = {contract.REQUEST_PARAM_SENT_AT_NS: time.time_ns()}
-        if max_document_tokens:
-            parameters[contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS] = max_document_tokens
+        parameters = {contract.REQUEST_PARAM_SENT_AT_NS: time.time_ns(), **options.parameters()}
         started = time.perf_counter()
         try:
             result = await self._client.infer(

@@ -8,7 +8,9 @@
   reranker eval      nDCG@10 / MRR@10 of a running gateway on a labelled JSONL file
   reranker report    markdown and PNG plots of a locust run or a bench.rerank_bench run
 
-Every flag has an environment variable (shown in --help); flags win.
+Every flag has an environment variable (shown in --help); flags win. The
+client modes (rerank, eval) report a failure - the gateway down, a model not
+loaded, a file missing - as one line on stderr and exit 1, without a traceback.
 """
 
 from __future__ import annotations
@@ -70,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(weights, TritonSettings, "model_repository", "--model-repository", type=Path)
     rerank = modes.add_parser("rerank", help="rerank documents (one per line) against a query")
     rerank.add_argument("--query", required=True)
-    rerank.add_argument("--documents-file", type=Path, required=True, help="one document per line")
+    rerank.add_argument(
+        "--documents-file", type=Path, required=True,
+        help="one document per line; blank lines are skipped, and each result's index is still its 0-based line "
+        "number in the file (line = index + 1)",
+    )
     rerank.add_argument("--top-n", type=int)
     evaluate = modes.add_parser("eval", help="ranking quality of the running service on labelled data")
     evaluate.add_argument("--data", type=Path, required=True, help="JSONL of {query, documents, labels}")
@@ -117,19 +123,49 @@ def main(argv: list[str] | None = None) -> int:
 def _client_mode(args: argparse.Namespace) -> int:
     import json
 
-    from client import RerankerClient
+    import httpx
+
+    from client import RerankerClient, RerankerError
     from client.evaluation import evaluate
 
-    with RerankerClient(args.url, timeout=600) as client:
-        if args.mode == "eval":
-            result = evaluate(client, args.data, model=args.model).as_dict()
-        else:
-            documents = [line for line in args.documents_file.read_text(encoding="utf-8").splitlines() if line]
-            result = client.rerank_documents(
-                args.query, documents, model=args.model, top_n=args.top_n, return_documents=True
-            )
+    try:
+        with RerankerClient(args.url, timeout=600) as client:
+            if args.mode == "eval":
+                result = evaluate(client, args.data, model=args.model).as_dict()
+            else:
+                result = _rerank_file(client, args)
+    except RerankerError as exc:  # the gateway's own answer: no model loaded, unknown model, bad input
+        return _fail(f"the gateway answered {exc.status} {exc.error_type}: {exc.message}")
+    except httpx.TransportError as exc:
+        return _fail(f"cannot reach the gateway at {args.url} ({type(exc).__name__}: {exc or 'no answer'}); "
+                     "is 'reranker serve' running, and is --url right?")
+    except OSError as exc:
+        return _fail(f"cannot read {exc.filename}: {exc.strerror}")
+    except (UnicodeDecodeError, ValueError, KeyError) as exc:
+        path = getattr(args, "documents_file", None) or args.data
+        return _fail(f"cannot use {path}: {type(exc).__name__}: {exc}")
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
+
+
+def _rerank_file(client, args: argparse.Namespace) -> dict:
+    """Rerank the file's non-blank lines; each result's `index` is its 0-based line number, `line` the 1-based."""
+    lines = args.documents_file.read_text(encoding="utf-8").splitlines()
+    numbers = [number for number, line in enumerate(lines) if line.strip()]
+    if not numbers:
+        raise ValueError("the file has no non-blank line to rerank")
+    result = client.rerank_documents(
+        args.query, [lines[n] for n in numbers], model=args.model, top_n=args.top_n, return_documents=True
+    )
+    for item in result["results"]:
+        item["index"] = numbers[item["index"]]
+        item["line"] = item["index"] + 1
+    return result
+
+
+def _fail(message: str) -> int:
+    print(f"reranker: {message}", file=sys.stderr)
+    return 1
 
 
 def _triton_invocation(settings: TritonSettings) -> tuple[list[str], dict[str, str]]:

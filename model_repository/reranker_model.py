@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from rerank_engine import contract
 from rerank_engine.engine import EngineConfig, load_scorer, resolve_device
-from rerank_engine.inputs import InvalidRequest, decode_pairs, document_cap, parse_parameters, sent_at_ns
+from rerank_engine.inputs import InvalidRequest, decode_pairs, pair_options, parse_parameters, sent_at_ns
 from rerank_engine.model_config import ModelConfig
 from rerank_engine.telemetry import BatchTelemetry
 
@@ -49,8 +49,9 @@ class TritonPythonModel:
                 tensors = (pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS)
                 arrays = [None if t is None else t.as_numpy() for t in tensors]
                 params = parse_parameters(request.parameters())  # JSON text: parsed once per request
-                rows = decode_pairs(*arrays, max_document_tokens=document_cap(params))
-            except InvalidRequest as exc:
+                rows = decode_pairs(*arrays, **pair_options(params))
+                self.scorer.check(rows)  # a request whose limits no sequence can meet fails alone
+            except (InvalidRequest, ValueError) as exc:
                 responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
                 continue
             spans.append((index, len(pairs), len(pairs) + len(rows)))

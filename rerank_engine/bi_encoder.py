@@ -3,7 +3,8 @@ separately, mean-pooled over real tokens and L2-normalised, as
 sentence-transformers does; the score is their cosine similarity.
 
 Each distinct text is embedded once per batch, so a query shared by a
-hundred documents costs one forward row, not a hundred.
+hundred documents costs one forward row, not a hundred (and one shared by a
+document's chunk windows, one row for them all).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from rerank_engine.pairs import Pair
 from rerank_engine.scoring import Encoded, Scorer
-from rerank_engine.tokens import SpecialTokenTemplate, raw_tokenizer, token_ids
+from rerank_engine.tokens import SpecialTokenTemplate, keep, raw_tokenizer, token_ids
 
 
 class BiEncoderScorer(Scorer):
@@ -25,22 +26,46 @@ class BiEncoderScorer(Scorer):
         self.template = SpecialTokenTemplate.from_tokenizer(self.tokenizer, pair=False)
         super().__init__(pad_id=tokenizer.pad_token_id, **kwargs)
 
-    def encode(self, pairs: Sequence[Pair]) -> Encoded:
-        # One row per distinct (text, cap): a query has no cap, a document may have the request's.
-        keys = [((p.query, None), (p.document, p.max_document_tokens)) for p in pairs]
-        row_of = {key: i for i, key in enumerate(dict.fromkeys(k for pair_keys in keys for k in pair_keys))}
-        budget = self.max_length - self.template.num_special
-        raw = token_ids(self.tokenizer, [text for text, _ in row_of])
-        sequences = [
-            self.template.build(ids[: budget if cap is None else min(budget, cap)])
-            for ids, (_, cap) in zip(raw, row_of)
-        ]
-        rows = np.array([(row_of[q], row_of[d]) for q, d in keys]).reshape(-1, 2)
+    def encode(self, pairs: Sequence[Pair], documents: Sequence[list[int]] | None = None) -> Encoded:
+        # One row per distinct text under the same cut: a query shared by every pair is embedded once, and
+        # so is a document that is also the query. Chunk windows (`documents`) are rows of their own.
+        texts = list(dict.fromkeys([p.query for p in pairs] + ([] if documents is not None else [p.document for p in pairs])))
+        ids = dict(zip(texts, token_ids(self.tokenizer, texts)))
+        row_of: dict[tuple, int] = {}
+        sequences: list[list[int]] = []
+        full: list[int] = []
+
+        def row(key: tuple, text_ids: list[int], count: int, from_end: bool) -> int:
+            if key not in row_of:
+                row_of[key] = len(sequences)
+                sequences.append(self.template.build(keep(text_ids, count, from_end)))
+                full.append(len(text_ids) + self.template.num_special)
+            return row_of[key]
+
+        rows = []
+        for index, pair in enumerate(pairs):
+            budget = self.limit(pair) - self.template.num_special
+            query = row((pair.query, budget, pair.keep_end), ids[pair.query], budget, pair.keep_end)
+            if documents is not None:
+                document = row(("window", index), documents[index], budget, pair.keep_end)
+            else:
+                cut = budget if pair.max_document_tokens is None else min(budget, pair.max_document_tokens)
+                document = row((pair.document, cut, pair.keep_end), ids[pair.document], cut, pair.keep_end)
+            rows.append((query, document))
+        rows = np.array(rows).reshape(-1, 2)
         lengths = np.array([len(s) for s in sequences], np.int32)
-        full = np.array([len(ids) + self.template.num_special for ids in raw], np.int32)
         q, d = rows[:, 0], rows[:, 1]
-        num_tokens, input_tokens = lengths[q] + lengths[d], full[q] + full[d]
+        num_tokens, input_tokens = lengths[q] + lengths[d], np.array(full, np.int32)[q] + np.array(full, np.int32)[d]
         return Encoded(sequences, num_tokens, input_tokens, input_tokens > num_tokens, rows=rows)
+
+    def document_room(self, pairs: Sequence[Pair]) -> list[int]:
+        # Query and document are embedded apart: a window is the model's whole sequence.
+        return [self.window_limit(pair) - self.template.num_special for pair in pairs]
+
+    def check(self, pairs: Sequence[Pair]) -> None:
+        shortest = self.template.num_special + 1
+        if any(self.limit(pair) < shortest for pair in pairs):
+            raise ValueError(f"a sequence of this model needs at least {shortest} tokens (its special tokens and one more)")
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

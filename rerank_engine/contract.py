@@ -19,16 +19,27 @@ OUTPUT_INPUT_TOKENS = "input_tokens"
 """Tokens the pair would take uncut: with `num_tokens`, how much truncation removed."""
 OUTPUT_TRUNCATED = "truncated"
 """True when the pair was longer than the model's limit (or the request's per-document limit) and was cut."""
+OUTPUT_CHUNKS = "chunks"
+"""Windows the document was scored in (1 unless the request asked for chunking); the score is their maximum."""
 OUTPUT_COMPUTE_US = "compute_us"
 """Microseconds the engine spent on the batch this request was scored in (tokenize + forward)."""
 
-SCORE_OUTPUTS = (OUTPUT_SCORE, OUTPUT_RAW_SCORE, OUTPUT_NUM_TOKENS, OUTPUT_INPUT_TOKENS, OUTPUT_TRUNCATED)
+SCORE_OUTPUTS = (OUTPUT_SCORE, OUTPUT_RAW_SCORE, OUTPUT_NUM_TOKENS, OUTPUT_INPUT_TOKENS, OUTPUT_TRUNCATED, OUTPUT_CHUNKS)
 """Per-pair outputs, each the engine's `Scores` field of the same name, in the order the gateway reads them."""
 OUTPUTS = (*SCORE_OUTPUTS, OUTPUT_COMPUTE_US)
 """Every output a model returns (and config.pbtxt declares)."""
 
 REQUEST_PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"
 """Optional per-request Triton parameter: cut each document to this many tokens first."""
+REQUEST_PARAM_MAX_TOKENS = "max_tokens"
+"""Optional per-request Triton parameter: the most tokens of each sequence the model reads, at most the
+model's `max_length` (vLLM's truncate_prompt_tokens)."""
+REQUEST_PARAM_MAX_CHUNKS = "max_chunks"
+"""Optional per-request Triton parameter: score a document longer than its window in up to this many
+overlapping token windows, the document's score being the best window's (Cohere's max_chunks_per_doc)."""
+REQUEST_PARAM_KEEP_END = "keep_end"
+"""Optional per-request Triton parameter: true to cut the start of a text instead of its end
+(TEI's truncation_direction "left", vLLM's truncation_side "left")."""
 REQUEST_PARAM_SENT_AT_NS = "sent_at_ns"
 """Optional per-request Triton parameter: the sender's wall clock (ns) when it sent the request,
 so a model's batch log can tell how long the request waited (same host clock)."""
@@ -38,6 +49,10 @@ PARAM_WEIGHTS_PATH = "weights_path"
 PARAM_DTYPE = "dtype"
 PARAM_MAX_LENGTH = "max_length"
 PARAM_MAX_BATCH_TOKENS = "max_batch_tokens"
+PARAM_CHUNK_TOKENS = "chunk_tokens"
+"""The length (tokens of one sequence) of the windows a chunked document is scored in; default `max_length`.
+A bi-encoder's mean-pooled window dilutes a relevant passage in what surrounds it, so one trained on short
+texts does better with windows of its training length."""
 PARAM_WEIGHTS_HINT = "weights_hint"
 """What to run when the weights folder is missing; the catalog's hint for the models this project ships."""
 PARAM_QUANTIZATION = "quantization"

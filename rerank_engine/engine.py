@@ -43,6 +43,7 @@ class EngineConfig:
     max_length: int = 512
     max_batch_tokens: int = 16384
     max_batch_size: int = 256
+    chunk_tokens: int | None = None  # windows of chunked documents; None: max_length
     weights_hint: str = ""
     prefix_reuse: bool = True  # Qwen3 only: run each query's shared prompt head once
     cuda_graphs: bool = False  # GPU only: replay micro-batches from captured CUDA graphs
@@ -99,6 +100,8 @@ class EngineConfig:
             dtype=dtype,
             max_length=max_length,
             max_batch_tokens=max(positive_int(contract.PARAM_MAX_BATCH_TOKENS, 16384), max_length),
+            chunk_tokens=(min(positive_int(contract.PARAM_CHUNK_TOKENS, max_length), max_length)
+                          if params.get(contract.PARAM_CHUNK_TOKENS) else None),
             max_batch_size=max_batch_size,
             weights_hint=params.get(contract.PARAM_WEIGHTS_HINT) or catalog.download_hint(model_name),
             prefix_reuse=prefix_reuse,
@@ -168,6 +171,7 @@ def load_scorer(config: EngineConfig, device: torch.device) -> Scorer:
         max_length=config.max_length,
         max_batch_tokens=config.max_batch_tokens,
         max_batch_size=config.max_batch_size,
+        chunk_tokens=config.chunk_tokens,
         execution=_execution(config, scorer_cls, model, device, dtype),
         memory_budget_bytes=config.gpu_memory_budget_mib * 2**20 if config.gpu_memory_budget_mib else None,
         **options,

@@ -46,14 +46,31 @@ def sent_at_ns(parameters: str | dict | None) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def document_cap(parameters: str | dict | None) -> int | None:
-    """The request's `max_document_tokens` parameter."""
-    value = parse_parameters(parameters).get(contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS)
+def _positive(parameters: str | dict | None, name: str) -> int | None:
+    value = parse_parameters(parameters).get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest(f"parameter '{contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS}' must be a positive integer")
+        raise InvalidRequest(f"parameter '{name}' must be a positive integer")
     return value
+
+
+def document_cap(parameters: str | dict | None) -> int | None:
+    """The request's `max_document_tokens` parameter."""
+    return _positive(parameters, contract.REQUEST_PARAM_MAX_DOCUMENT_TOKENS)
+
+
+def pair_options(parameters: str | dict | None) -> dict:
+    """The request's parameters that shape each of its pairs: the `Pair` fields of the same meaning."""
+    keep_end = parse_parameters(parameters).get(contract.REQUEST_PARAM_KEEP_END, False)
+    if not isinstance(keep_end, bool):
+        raise InvalidRequest(f"parameter '{contract.REQUEST_PARAM_KEEP_END}' must be true or false")
+    return {
+        "max_document_tokens": document_cap(parameters),
+        "max_tokens": _positive(parameters, contract.REQUEST_PARAM_MAX_TOKENS),
+        "max_chunks": _positive(parameters, contract.REQUEST_PARAM_MAX_CHUNKS) or 1,
+        "keep_end": keep_end,
+    }
 
 
 def decode_pairs(
@@ -61,8 +78,10 @@ def decode_pairs(
     document: np.ndarray | None,
     instruction: np.ndarray | None,
     max_document_tokens: int | None = None,
+    **options,
 ) -> list[Pair]:
-    """Rows of query/document (and optional instruction) to pairs, row by row.
+    """Rows of query/document (and optional instruction) to pairs, row by row; `options` are the
+    request's other `Pair` fields (`pair_options`).
 
     Triton already checks that the inputs share the batch size; the check here
     keeps the engine safe for any other caller.
@@ -77,6 +96,6 @@ def decode_pairs(
         if values is not None and len(values) != len(documents):
             raise InvalidRequest(f"input '{name}' has {len(values)} rows; expected {len(documents)}, one per document")
     return [
-        Pair(query, document, (instructions[i] or None) if instructions else None, max_document_tokens)
+        Pair(query, document, (instructions[i] or None) if instructions else None, max_document_tokens, **options)
         for i, (query, document) in enumerate(zip(queries, documents))
     ]

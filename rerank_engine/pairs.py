@@ -15,6 +15,9 @@ class Pair(NamedTuple):
     document: str
     instruction: str | None = None
     max_document_tokens: int | None = None  # a caller's own cap on the document, before the model's limit
+    max_tokens: int | None = None  # a caller's own limit on each sequence, under the model's (vLLM's truncate_prompt_tokens)
+    max_chunks: int = 1  # over 1: a document longer than its window is scored in up to this many overlapping windows
+    keep_end: bool = False  # cuts remove the start instead of the end (TEI's truncation_direction "left")
 
 
 @dataclass(frozen=True)
@@ -41,4 +44,9 @@ class Scores:
     num_tokens: np.ndarray  # int32, per pair, after truncation
     input_tokens: np.ndarray  # int32, per pair, before truncation
     truncated: np.ndarray  # bool, per pair
+    chunks: np.ndarray | None = None  # int32, per pair: windows scored (None: one each)
     run: RunStats = field(default_factory=RunStats)
+
+    def __post_init__(self) -> None:
+        if self.chunks is None:
+            self.chunks = np.ones(len(self.score), np.int32)

@@ -26,7 +26,7 @@ from rerank_engine.prefix_cache import SharedPrefix, group_by_head, worth_reusin
 from rerank_engine.qwen3_prompt import ASSISTANT_SUFFIX, DEFAULT_INSTRUCTION, SYSTEM_PREFIX, format_body
 from rerank_engine.pairs import Pair, RunStats
 from rerank_engine.scoring import Encoded, Scorer
-from rerank_engine.tokens import raw_tokenizer, token_ids
+from rerank_engine.tokens import keep, raw_tokenizer, token_ids
 
 
 @dataclass
@@ -48,34 +48,60 @@ class Qwen3RerankerScorer(Scorer):
         if self.max_length <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_length {self.max_length} leaves no room for the Qwen3 prompt")
 
-    def encode(self, pairs: Sequence[Pair]) -> Encoded:
-        budget = self.max_length - len(self.prefix) - len(self.suffix)
-        keys = list(dict.fromkeys((p.instruction or DEFAULT_INSTRUCTION, p.query) for p in pairs))
-        # Splitting the body just before " {document}" is a pre-tokenizer boundary
-        # (":" then a space), so head ids + document ids equal the ids of the body.
-        heads = dict(zip(keys, token_ids(self.tokenizer, [format_body(i, q, "")[:-1] for i, q in keys])))
-        docs = token_ids(self.tokenizer, [" " + p.document for p in pairs])
+    def encode(self, pairs: Sequence[Pair], documents: Sequence[list[int]] | None = None) -> Encoded:
+        heads = self._heads(pairs)
+        docs = self.document_ids(pairs) if documents is None else documents
         template = len(self.prefix) + len(self.suffix)
         sequences, uncut, head_lengths = [], [], []
         for pair, doc in zip(pairs, docs):
+            budget = self.limit(pair) - template
             key = (pair.instruction or DEFAULT_INSTRUCTION, pair.query)
             head, doc_ids = heads[key], self.capped(doc, pair)
             uncut.append(template + len(head) + len(doc))
             if len(head) + len(doc_ids) > budget:
                 if len(head) > budget:
-                    head = self._truncated_head(*key, budget)
-                doc_ids = doc_ids[: budget - len(head)]
+                    head = self._truncated_head(*key, budget, pair.keep_end)
+                doc_ids = keep(doc_ids, budget - len(head), pair.keep_end)
             sequences.append(self.prefix + head + doc_ids + self.suffix)
             head_lengths.append(len(self.prefix) + len(head))
         return PromptEncoded(sequences, *self.counts(sequences, uncut), head_lengths=head_lengths)
 
-    def _truncated_head(self, instruction: str, query: str, budget: int) -> list[int]:
-        """A head whose query is cut so the head alone fills the body budget."""
+    def document_text(self, document: str) -> str:
+        # Splitting the body just before " {document}" is a pre-tokenizer boundary
+        # (":" then a space), so head ids + document ids equal the ids of the body.
+        return " " + document
+
+    def _heads(self, pairs: Sequence[Pair]) -> dict[tuple[str, str], list[int]]:
+        keys = list(dict.fromkeys((p.instruction or DEFAULT_INSTRUCTION, p.query) for p in pairs))
+        return dict(zip(keys, token_ids(self.tokenizer, [format_body(i, q, "")[:-1] for i, q in keys])))
+
+    def document_room(self, pairs: Sequence[Pair]) -> list[int]:
+        # The document is cut before the query: it has what the head leaves (at least one token).
+        heads = self._heads(pairs)
+        template = len(self.prefix) + len(self.suffix)
+        return [max(self.window_limit(p) - template - len(heads[(p.instruction or DEFAULT_INSTRUCTION, p.query)]), 1)
+                for p in pairs]
+
+    def check(self, pairs: Sequence[Pair]) -> None:
+        template = len(self.prefix) + len(self.suffix)
+        for instruction in dict.fromkeys(p.instruction or DEFAULT_INSTRUCTION for p in pairs):
+            before, after = self._head_parts(instruction)
+            shortest = template + len(before) + len(after) + 1
+            if any(self.limit(p) < shortest for p in pairs if (p.instruction or DEFAULT_INSTRUCTION) == instruction):
+                raise ValueError(f"the Qwen3 prompt with this instruction needs at least {shortest} tokens")
+
+    def _head_parts(self, instruction: str) -> tuple[list[int], list[int]]:
+        """The head's ids before and after the query."""
         before, after = format_body(instruction, "\0", "")[:-1].split("\0")
         # Split before the space, as for documents: " Paris" is one token in the whole prompt.
-        before_ids, query_ids, after_ids = token_ids(self.tokenizer, [before[:-1], " " + query, after])
-        keep = max(budget - len(before_ids) - len(after_ids), 0)
-        head = before_ids + query_ids[:keep] + after_ids
+        before_ids, after_ids = token_ids(self.tokenizer, [before[:-1], after])
+        return before_ids, after_ids
+
+    def _truncated_head(self, instruction: str, query: str, budget: int, keep_end: bool = False) -> list[int]:
+        """A head whose query is cut so the head alone fills the body budget."""
+        before_ids, after_ids = self._head_parts(instruction)
+        (query_ids,) = token_ids(self.tokenizer, [" " + query])
+        head = before_ids + keep(query_ids, budget - len(before_ids) - len(after_ids), keep_end) + after_ids
         if len(head) > budget:
             raise ValueError(f"the instruction alone is longer than the {budget}-token body budget")
         return head

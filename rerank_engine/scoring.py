@@ -20,6 +20,7 @@ import torch
 from rerank_engine.batching import plan_micro_batches
 from rerank_engine.packing import Packed, Row, pack_chunk, plan_packed
 from rerank_engine.pairs import Pair, RunStats, Scores
+from rerank_engine.tokens import keep, token_ids, windows
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Scorer(ABC):
         max_batch_tokens: int,
         max_batch_size: int,
         pad_id: int,
+        chunk_tokens: int | None = None,
         execution: Execution = Execution(),
         memory_budget_bytes: int | None = None,
     ) -> None:
@@ -69,6 +71,7 @@ class Scorer(ABC):
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self.chunk_tokens = min(chunk_tokens or max_length, max_length)
         self.pad_id = pad_id
         self.memory_budget_bytes = memory_budget_bytes
         self.packed: PackedForward | None = self.packed_forward() if execution.packed else None
@@ -147,6 +150,8 @@ class Scorer(ABC):
         if not pairs:
             empty, none = np.zeros(0, np.float32), np.zeros(0, np.int32)
             return Scores(empty, empty, none, none, np.zeros(0, bool))
+        if any(pair.max_chunks > 1 for pair in pairs):
+            return self.score_chunked(pairs)
         encoded = self.encode(pairs)
         outputs, run = self.infer(encoded)
         score, raw = self.finalize(encoded, outputs)
@@ -159,14 +164,88 @@ class Scorer(ABC):
             run=run,
         )
 
+    def score_chunked(self, pairs: Sequence[Pair]) -> Scores:
+        """Each document longer than the room its query leaves is split into overlapping token windows
+        (`tokens.windows`), every window is scored with the query as a pair of its own, in the same
+        micro-batches as everything else, and the document gets its best window's score.
+
+        The windows are cut from the document's token ids, tokenized once, so each holds exactly the
+        tokens it would hold in the whole text. `num_tokens` sums what the model read over the windows;
+        `truncated` says that a window was cut (a long query) or that tokens past the last window
+        were left unscored.
+        """
+        whole = self.document_ids(pairs)
+        rooms = self.document_room(pairs)
+        expanded: list[Pair] = []
+        window_ids: list[list[int]] = []
+        owners: list[int] = []
+        unscored = np.zeros(len(pairs), np.int32)
+        for index, (pair, ids, room) in enumerate(zip(pairs, whole, rooms)):
+            capped = self.capped(ids, pair)
+            # One window is the whole (capped) document, cut by `encode` as without chunking.
+            spans = windows(len(capped), room, pair.max_chunks, pair.keep_end) if pair.max_chunks > 1 else [
+                (0, len(capped))]
+            unscored[index] = len(ids) - (spans[-1][1] - spans[0][0])  # the windows overlap: one covered stretch
+            for start, end in spans:
+                expanded.append(pair._replace(max_document_tokens=None, max_chunks=1))
+                window_ids.append(capped[start:end])
+                owners.append(index)
+        encoded = self.encode(expanded, window_ids)
+        outputs, run = self.infer(encoded)
+        score, raw = self.finalize(encoded, outputs)
+        owner = np.array(owners)
+        # Best window first per pair: order by (pair, -score) and keep each pair's first row.
+        order = np.lexsort((-score, owner))
+        best = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+        num_tokens = np.bincount(owner, encoded.num_tokens, len(pairs)).astype(np.int32)
+        window_cuts = np.bincount(owner, encoded.input_tokens - encoded.num_tokens, len(pairs)).astype(np.int32)
+        input_tokens = num_tokens + window_cuts + unscored
+        return Scores(
+            score=score[best].astype(np.float32, copy=False),
+            raw_score=raw[best].astype(np.float32, copy=False),
+            num_tokens=num_tokens,
+            input_tokens=input_tokens,
+            truncated=input_tokens > num_tokens,
+            chunks=np.bincount(owner, minlength=len(pairs)).astype(np.int32),
+            run=run,
+        )
+
     @abstractmethod
-    def encode(self, pairs: Sequence[Pair]) -> Encoded:
-        """Tokenize and truncate; every sequence must fit `max_length`."""
+    def encode(self, pairs: Sequence[Pair], documents: Sequence[list[int]] | None = None) -> Encoded:
+        """Tokenize and truncate; every sequence must fit the pair's limit (`limit`). `documents`, when
+        given, are the documents' token ids already (chunk windows), as `document_ids` makes them."""
+
+    @abstractmethod
+    def document_room(self, pairs: Sequence[Pair]) -> list[int]:
+        """Per pair, how many document tokens one chunk window holds: what fits in `window_limit` tokens
+        beside its query without a cut."""
+
+    def check(self, pairs: Sequence[Pair]) -> None:
+        """Refuse (ValueError) the pairs of one request this scorer cannot build a sequence for, before
+        they join a batch whose other requests would otherwise fail with them."""
+
+    def limit(self, pair: Pair) -> int:
+        """The most tokens a sequence of this pair may hold: the model's limit, or the request's if lower."""
+        return self.max_length if pair.max_tokens is None else min(self.max_length, pair.max_tokens)
+
+    def window_limit(self, pair: Pair) -> int:
+        """The most tokens a sequence of one of this pair's chunk windows holds (`chunk_tokens`)."""
+        return min(self.limit(pair), self.chunk_tokens)
+
+    def document_text(self, document: str) -> str:
+        """The document as it is tokenized (Qwen3 puts a space before it)."""
+        return document
+
+    def document_ids(self, pairs: Sequence[Pair]) -> list[list[int]]:
+        """Each pair's whole document as token ids, each distinct text tokenized once."""
+        texts = list(dict.fromkeys(self.document_text(pair.document) for pair in pairs))
+        ids = dict(zip(texts, token_ids(self.tokenizer, texts)))
+        return [ids[self.document_text(pair.document)] for pair in pairs]
 
     @staticmethod
     def capped(document: list[int], pair: Pair) -> list[int]:
         """The document ids under the pair's own cap, if it has one."""
-        return document if pair.max_document_tokens is None else document[: pair.max_document_tokens]
+        return document if pair.max_document_tokens is None else keep(document, pair.max_document_tokens, pair.keep_end)
 
     @staticmethod
     def counts(sequences: list[list[int]], uncut: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -243,3 +322,4 @@ class Scorer(ABC):
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
+

@@ -86,3 +86,29 @@ def longest_first_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int
     else:
         long_ = budget - short
     return (short, long_) if len_a <= len_b else (long_, short)
+
+
+def keep(ids: Sequence[int], count: int, from_end: bool = False) -> list[int]:
+    """The first `count` ids, or with `from_end` the last ones: where truncation cuts."""
+    count = max(count, 0)
+    return list(ids[len(ids) - count :] if from_end else ids[:count])
+
+
+CHUNK_OVERLAP = 4
+"""Consecutive windows of a chunked document share a quarter of a window (window // CHUNK_OVERLAP tokens),
+so a passage cut by one window's edge is whole in the next."""
+
+
+def windows(length: int, size: int, most: int, from_end: bool = False) -> list[tuple[int, int]]:
+    """(start, end) token spans covering `length` tokens in windows of `size`, overlapping by a quarter.
+
+    The last window ends at the text's end, so every window is full. At most `most` windows are kept:
+    the first ones, or with `from_end` the last ones; what they leave out is cut.
+    """
+    size = max(size, 1)
+    if length <= size:
+        return [(0, length)]
+    stride = max(size - size // CHUNK_OVERLAP, 1)
+    starts = list(range(0, length - size, stride)) + [length - size]
+    spans = [(start, start + size) for start in starts]
+    return spans[-most:] if from_end else spans[:most]

@@ -69,8 +69,9 @@ def start_triton(repository: Path, models_dir: Path, log: Path, ports: tuple[int
 
 
 def start_gateway(triton_grpc_port: int, log: Path, model: str = "minilm-l6",
-                  env: dict[str, str] | None = None) -> Process:
-    """`reranker gateway`; `env` sets its other settings (RERANKER_REQUEST_TIMEOUT_S, ...)."""
+                  env: dict[str, str] | None = None, ready_path: str = "/health/ready") -> Process:
+    """`reranker gateway`; `env` sets its other settings (RERANKER_REQUEST_TIMEOUT_S, ...). It is started once
+    `ready_path` answers 200 (`/health` for a gateway without Triton)."""
     (port,) = free_ports(1)
     process = _start(
         ["gateway", "--host=127.0.0.1", f"--port={port}", f"--triton-url=127.0.0.1:{triton_grpc_port}",
@@ -78,7 +79,7 @@ def start_gateway(triton_grpc_port: int, log: Path, model: str = "minilm-l6",
         log, env,
     )
     gateway = Process(process, log, {"http": port})
-    wait_for(f"{gateway.url()}/health/ready", process, log)
+    wait_for(f"{gateway.url()}{ready_path}", process, log)
     return gateway
 
 

@@ -21,6 +21,15 @@ async def in_process(settings: GatewaySettings):
             yield client
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def one_event_loop(anyio_backend):
+    """Holds anyio's test runner, and so its event loop, for the whole session: the runner closes its loop
+    whenever no async test or fixture holds it, and grpc's asyncio poller, which is process-wide, can then
+    deliver a finished call of one test's gateway to a loop that is gone (seen as "Event loop is closed"
+    in the next test's set-up)."""
+    yield
+
+
 @pytest.fixture
 async def api(triton):
     async with in_process(GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm")) as c:

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.triton import ModelState, ScoreOutputs
+from gateway.triton import ModelState, PairOptions, ScoreOutputs
 from rerank_engine.model_config import ModelConfig
 
 
@@ -85,7 +85,7 @@ class FakeTriton:
         return self.configs[model]
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
-                    instruction: str | None = None, max_document_tokens: int | None = None) -> ScoreOutputs:
+                    instruction: str | None = None, options: PairOptions = PairOptions()) -> ScoreOutputs:
         self._require_live()
         if self.states.get(model) != "READY":
             raise GatewayError(ErrorKind.MODEL_NOT_READY, f"Request for unknown model: '{model}' is not found")
@@ -95,7 +95,8 @@ class FakeTriton:
         n = len(documents)
         # A score that says which model made it: the model's name length, per document.
         score = np.full(n, len(model) / 100, np.float32)
-        return ScoreOutputs(score, score, np.ones(n, np.int32), np.ones(n, np.int32), np.zeros(n, bool), 0.0, 0.0)
+        ones = np.ones(n, np.int32)
+        return ScoreOutputs(score, score, ones, ones, np.zeros(n, bool), ones, 0.0, 0.0)
 
     async def close(self) -> None:
         pass

@@ -33,6 +33,7 @@ system_packages() {
     local wanted=()
     command -v docker-compose >/dev/null || wanted+=(docker-compose)  # the compose file is validated by a real parser
     command -v prometheus >/dev/null || wanted+=(prometheus)  # the dashboard's queries run on a real Prometheus
+    command -v chromium >/dev/null || wanted+=(chromium)  # /docs and /redoc rendered offline by a real browser
     if [ ${#wanted[@]} -gt 0 ]; then apt_install "${wanted[@]}"; fi
   fi
 }

@@ -253,3 +253,16 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong, naming the field and the limit where there is one.")
     error_type: str
     field: str | None = None
+
+
+class ActivateRequest(BaseModel):
+    """`POST /internal/activate`, from the switch coordinator to each gateway: the cluster's new state."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epoch: str = Field(min_length=1, description="The coordinator process that made the state.")
+    generation: int = Field(ge=1, description="One more with every switch.")
+    active: str = Field(min_length=1, description="The model new requests use.")
+    loaded: list[str] = Field(description="The models that stay loaded, the active one first.")
+    from_instance: str = Field(description="The coordinator's instance id (a gateway ignores its own call).")
+    drain_timeout_s: float = Field(ge=0, description="How long the coordinator waits for the drain.")

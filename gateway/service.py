@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -32,11 +32,16 @@ from gateway.settings import GatewaySettings
 from gateway.triton import InferenceBackend, ScoreOutputs
 from rerank_engine.model_config import ModelConfig
 
+if TYPE_CHECKING:
+    from gateway.cluster import Cluster
+
 
 class RerankService:
-    def __init__(self, triton: InferenceBackend, models: ModelManager, settings: GatewaySettings) -> None:
+    def __init__(self, triton: InferenceBackend, models: ModelManager, settings: GatewaySettings,
+                 cluster: Cluster | None = None) -> None:
         self.triton = triton
         self.models = models
+        self.cluster = cluster  # None: this gateway switches alone
         self.max_documents = settings.max_documents_per_request
 
     async def score_pair(self, query: str, document: str, record: RequestRecord) -> float:
@@ -127,8 +132,16 @@ class RerankService:
             record.record_scores(outputs)
         return outputs
 
-    async def switch_model(self, requested: str, keep_loaded: bool = False) -> SwitchModelResponse:
-        result = await self.models.switch(requested, keep_loaded)
+    async def switch_model(self, requested: str, keep_loaded: bool = False,
+                           forwarded: bool = False) -> SwitchModelResponse:
+        """Alone: switch here. In a cluster: on the coordinator, for every gateway (`forwarded`: another
+        gateway passed the call on)."""
+        if self.cluster is None:
+            result = await self.models.switch(requested, keep_loaded)
+        elif forwarded:
+            result = await self.cluster.on_switch(requested, keep_loaded)
+        else:
+            result = await self.cluster.switch(requested, keep_loaded)
         return SwitchModelResponse(
             message=f"Switched to model {requested}",
             model=result.model,

@@ -42,7 +42,7 @@ import httpx
 from gateway import discovery
 from gateway.errors import ErrorKind, GatewayError
 from gateway.model_manager import ModelManager, SwitchResult
-from gateway.pool import TritonPool
+from gateway.pool import LOAD_RETRY_S, TritonPool
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class Cluster:
         self._adopt_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
         self._coordinator_reachable = True
+        self._establish_again_at = 0.0
 
     @property
     def is_coordinator(self) -> bool:
@@ -163,7 +164,8 @@ class Cluster:
             try:
                 if not self.is_coordinator:
                     await self.poll()
-                elif self.state is None and await self.pool.is_live():
+                elif (self.state is None and time.monotonic() >= self._establish_again_at
+                      and await self.pool.is_live()):
                     await self._establish_logged()
             except asyncio.CancelledError:
                 raise
@@ -200,7 +202,10 @@ class Cluster:
             try:
                 await self._establish()
             except GatewayError as exc:
-                log.error("could not establish the cluster's active model: %s", exc.message)
+                # A model that cannot load is not tried again every second; a switch can fix it meanwhile.
+                self._establish_again_at = time.monotonic() + LOAD_RETRY_S
+                log.error("could not establish the cluster's active model (trying again in %.0f s): %s",
+                          LOAD_RETRY_S, exc.message)
 
     async def _establish(self) -> None:
         """The state after a (re)start: the gateways' newest, else what Triton has READY, else the default."""

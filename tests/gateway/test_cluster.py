@@ -279,3 +279,15 @@ async def test_peer_calls_a_gateway_cannot_take_are_refused(gateways):
     # An activation older than what a follower has is ignored.
     stale = {**follower.state.as_dict(), "generation": 0, "active": "zzz"}
     assert await follower.adopt(type(follower.state).from_dict(stale)) == [] and follower.manager.active == "a"
+
+
+async def test_a_default_that_cannot_load_is_not_retried_every_tick_and_a_switch_still_works(gateways):
+    tritons = tritons_with("a", "b")
+    for t in tritons.values():
+        t.failing_loads.add("a")
+    coordinator = await gateways(tritons).start(COORDINATOR)
+    assert coordinator.state is None and coordinator.manager.active is None
+    await asyncio.sleep(10 * POLL_S)
+    assert loads(tritons, "a") == [1, 1, 1], "tried once, not at every poll interval"
+    result = await coordinator.switch("b")
+    assert (result.model, coordinator.state.generation, coordinator.manager.active) == ("b", 1, "b")

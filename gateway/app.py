@@ -1,5 +1,6 @@
 """The gateway application factory: settings in, FastAPI app out, with a
-lifespan that connects to Triton and activates the start-up model."""
+lifespan that finds the Triton replicas and activates the start-up model -
+by itself, or as one gateway of a cluster (gateway.cluster)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway import discovery
+from gateway.cluster import Cluster, HttpPeers
 from gateway.docs import install_offline_docs
 from gateway.errors import ErrorKind, install_error_handlers
 from gateway.guards import RequestGuards
 from gateway.metrics import GatewayMetrics
 from gateway.model_manager import ModelManager
 from gateway.observer import REFUSAL_REASONS, RequestObserver
-from gateway.routes import router
+from gateway.pool import TritonPool
+from gateway.routes import internal, router
 from gateway.service import RerankService
 from gateway.settings import GatewaySettings
 from gateway.triton import TritonBackend
@@ -30,19 +34,36 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        triton = TritonBackend(settings.triton_url, settings.request_timeout_s, settings.model_load_timeout_s)
+        triton = TritonPool(
+            discovery.parse_targets(settings.triton_url),
+            lambda address: TritonBackend(address, settings.request_timeout_s, settings.model_load_timeout_s),
+            settings.request_timeout_s, settings.triton_watch_interval_s, settings.triton_resolve_interval_s,
+            # In a cluster only the coordinator loads models, so Triton never loads one twice.
+            manages_models=not settings.in_cluster or settings.is_coordinator,
+        )
+        await triton.start()
         models = ModelManager(triton, settings, metrics)
-        app.state.service = RerankService(triton, models, settings)
-        await models.start()
-        watcher = asyncio.create_task(models.watch(settings.triton_watch_interval_s))
+        cluster = None
+        if settings.in_cluster:
+            cluster = Cluster(models, triton, settings,
+                              HttpPeers(settings.peer_api_key.get_secret_value(), settings.peer_timeout_s))
+        app.state.service = RerankService(triton, models, settings, cluster)
+        if cluster is None:
+            await models.start()
+            background = asyncio.create_task(models.watch(settings.triton_watch_interval_s))
+        else:
+            await cluster.start()
+            background = asyncio.create_task(cluster.run())
         try:
             yield
         finally:
-            watcher.cancel()
+            background.cancel()
             # Waited for, so no health check of the watcher is still in flight on the gRPC channel when it
             # closes (its completion would reach an event loop that is gone).
             with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                await background
+            if cluster is not None:
+                await cluster.close()
             await triton.close()
 
     app = FastAPI(
@@ -56,6 +77,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(router)
+    app.include_router(internal)
     install_offline_docs(app)
     install_error_handlers(app)
     app.add_middleware(

@@ -32,6 +32,9 @@ class ErrorKind(str, Enum):
     OVERLOADED = "overloaded"
     BACKEND_ERROR = "backend_error"
     INVALID_MODEL_OUTPUT = "invalid_model_output"
+    UNAUTHORIZED = "unauthorized"
+    NOT_THE_COORDINATOR = "not_the_coordinator"
+    COORDINATOR_UNAVAILABLE = "coordinator_unavailable"
 
 
 STATUS = {
@@ -47,6 +50,9 @@ STATUS = {
     ErrorKind.OVERLOADED: 429,
     ErrorKind.BACKEND_ERROR: 500,
     ErrorKind.INVALID_MODEL_OUTPUT: 500,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.NOT_THE_COORDINATOR: 409,  # a peer call that this gateway's role cannot take
+    ErrorKind.COORDINATOR_UNAVAILABLE: 503,
 }
 
 

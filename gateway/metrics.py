@@ -93,6 +93,11 @@ class GatewayMetrics:
             "reranker_active_model", "1 for the model new requests go to, 0 for models active before.", ["model"],
             registry=r,
         )
+        self.cluster_generation = Gauge(
+            "reranker_cluster_generation", "Generation of the cluster state this gateway serves by (gateway.cluster; "
+            "0 alone or before the first): gateways of one cluster that differ for long have missed a switch.",
+            registry=r,
+        )
 
     def start_at_zero(self, reasons: Iterable[str]) -> None:
         """Create the rejection series of every reason the gateway can give, at 0."""

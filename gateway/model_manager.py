@@ -62,19 +62,25 @@ class ModelManager:
         A default model that fails to load is logged, not fatal: the gateway
         stays up so an operator can switch to a model that works.
         """
-        deadline = time.monotonic() + self.settings.triton_startup_timeout_s
-        while not await self.triton.is_live():
-            if time.monotonic() > deadline:
-                log.error("Triton at %s is not live; starting without an active model", self.settings.triton_url)
-                self._triton_was_down = True  # the watcher loads the default model once Triton is up
-                return
-            await asyncio.sleep(0.5)
-        await self._start_model_series()
+        if not await self.wait_for_triton():
+            self._triton_was_down = True  # the watcher loads the default model once Triton is up
+            return
         try:
             result = await self.switch(self.settings.default_model)
             log.info("active model %s (loaded in %.1f s)", result.model, result.load_time_s)
         except GatewayError as exc:
             log.error("default model %s is not active: %s", self.settings.default_model, exc.message)
+
+    async def wait_for_triton(self) -> bool:
+        """Wait (up to triton_startup_timeout_s) until Triton is live; then start the switch series."""
+        deadline = time.monotonic() + self.settings.triton_startup_timeout_s
+        while not await self.triton.is_live():
+            if time.monotonic() > deadline:
+                log.error("Triton at %s is not live; starting without an active model", self.settings.triton_url)
+                return False
+            await asyncio.sleep(0.5)
+        await self._start_model_series()
+        return True
 
     async def watch(self, interval_s: float) -> None:
         """Reload this gateway's models whenever Triton comes back after being down
@@ -100,9 +106,8 @@ class ModelManager:
         async with self._switch_lock:
             try:
                 for model in wanted:
-                    if not await self.triton.is_ready(model):
-                        log.warning("Triton is back without %s; loading it again", model)
-                        await self.triton.load(model)
+                    if await self.triton.load(model):
+                        log.warning("Triton was back without %s; loaded it again", model)
                     self.loaded[model] = await self.triton.model_config(model)
             except GatewayError as exc:
                 log.error("could not restore %s after Triton came back: %s", wanted, exc.message)
@@ -110,14 +115,14 @@ class ModelManager:
             self.active = self.active or wanted[0]
             self.metrics.set_active(self.active)
 
-    def _known_name(self, name: str) -> str:
+    def known_name(self, name: str) -> str:
         """An alias or a catalog model's hub id to its Triton name; anything else unchanged."""
         return self.settings.model_aliases.get(name) or catalog.HUB_IDS.get(name) or name
 
     async def resolve(self, name: str, field: str = "model_name") -> str:
         """An alias, hub id or Triton model name to a Triton model name."""
         if name in self.settings.model_aliases or name in catalog.HUB_IDS:
-            return self._known_name(name)
+            return self.known_name(name)
         names = [m.name for m in await self.triton.repository()]
         if name in names:
             return name
@@ -149,7 +154,7 @@ class ModelManager:
             self.leases.release(model)
 
     async def _loaded_model(self, requested: str) -> str:
-        model = self._known_name(requested)
+        model = self.known_name(requested)
         if model in self.loaded:  # the common case costs no call to Triton
             return model
         model = await self.resolve(requested, field="model")
@@ -176,25 +181,41 @@ class ModelManager:
     async def _switch(self, target: str, keep_loaded: bool) -> SwitchResult:
         async with self._switch_lock:
             previous = self.active
-            load_time = 0.0  # already loaded: nothing to wait for
-            if not await self.triton.is_ready(target):
-                started = time.perf_counter()
-                await self.triton.load(target)
-                load_time = time.perf_counter() - started
-                if not await self.triton.is_ready(target):
-                    raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
-            self.loaded[target] = await self.triton.model_config(target)
-            self.active = target
-            self.metrics.set_active(target)
+            load_time = await self.ensure_loaded(target)
+            await self.activate(target)
             if previous and previous != target and not keep_loaded:
-                await self._drain_and_unload(previous)
+                await self.retire(previous)
+                await self.unload(previous)
             return SwitchResult(target, previous, load_time)
 
-    async def _drain_and_unload(self, model: str) -> None:
-        if not await self.leases.drained(model, self.settings.drain_timeout_s):
+    # --- the steps of a switch, also taken one by one by a cluster's coordinator (gateway.cluster)
+    async def ensure_loaded(self, target: str) -> float:
+        """Load `target` where it is not loaded yet; the seconds spent loading (0 when nothing was)."""
+        started = time.perf_counter()
+        loaded = await self.triton.load(target)
+        load_time = time.perf_counter() - started if loaded else 0.0  # already loaded: nothing to wait for
+        if not await self.triton.is_ready(target):
+            raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
+        return load_time
+
+    async def activate(self, target: str) -> None:
+        """New requests use `target` from now on (it must be READY)."""
+        if target not in self.loaded:
+            self.loaded[target] = await self.triton.model_config(target)
+        self.active = target
+        self.metrics.set_active(target)
+
+    async def retire(self, model: str) -> bool:
+        """Wait for `model`'s requests (up to drain_timeout_s), then stop counting it as loaded here;
+        False if some were still running at the timeout."""
+        drained = await self.leases.drained(model, self.settings.drain_timeout_s)
+        if not drained:
             log.warning("%s still has %d requests after %.0f s; unloading anyway (Triton finishes them)",
                         model, self.leases.held(model), self.settings.drain_timeout_s)
         self.loaded.pop(model, None)
+        return drained
+
+    async def unload(self, model: str) -> None:
         try:
             await self.triton.unload(model)
         except GatewayError as exc:

@@ -373,3 +373,16 @@ class ErrorResponse(BaseModel):
     error_type: str
     field: str | None = None
     detail: str = Field(description="The same message, where FastAPI's and Jina's clients read it.")
+
+
+class ActivateRequest(BaseModel):
+    """`POST /internal/activate`, from the switch coordinator to each gateway: the cluster's new state."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epoch: str = Field(min_length=1, description="The coordinator process that made the state.")
+    generation: int = Field(ge=1, description="One more with every switch.")
+    active: str = Field(min_length=1, description="The model new requests use.")
+    loaded: list[str] = Field(description="The models that stay loaded, the active one first.")
+    from_instance: str = Field(description="The coordinator's instance id (a gateway ignores its own call).")
+    drain_timeout_s: float = Field(ge=0, description="How long the coordinator waits for the drain.")

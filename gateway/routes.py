@@ -1,12 +1,20 @@
-"""HTTP routes: parse, call the service, answer. Nothing else lives here."""
+"""HTTP routes: parse, call the service, answer. Nothing else lives here.
+
+`internal` holds the calls between gateways (gateway.cluster), all under
+/internal/: out of the public API and its schema, and guarded by the peer key."""
 
 from __future__ import annotations
+
+import hmac
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.cluster import INTERNAL_PREFIX
+from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import CONTENT_TYPE, RequestRecord
 from gateway.protocol import (
+    ActivateRequest,
     ErrorResponse,
     HealthResponse,
     ModelsResponse,
@@ -103,3 +111,47 @@ async def ready(svc: RerankService = Depends(service)):
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this gateway (Triton exports its own on its metrics port)."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def peer_key(request: Request) -> None:
+    """Calls between gateways carry RERANKER_PEER_API_KEY when one is set."""
+    expected = request.app.state.settings.peer_api_key.get_secret_value()
+    if not expected:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        raise GatewayError(ErrorKind.UNAUTHORIZED, "calls to /internal/ need 'Authorization: Bearer' with the "
+                                                   "peer key (RERANKER_PEER_API_KEY)")
+
+
+internal = APIRouter(prefix=INTERNAL_PREFIX, dependencies=[Depends(peer_key)], include_in_schema=False)
+
+
+def _cluster(svc: RerankService):
+    if svc.cluster is None:
+        raise GatewayError(ErrorKind.NOT_THE_COORDINATOR, "this gateway is not part of a cluster "
+                                                          "(RERANKER_SWITCH_COORDINATOR is empty)")
+    return svc.cluster
+
+
+@internal.get("/cluster")
+async def cluster_state(svc: RerankService = Depends(service)) -> dict:
+    """This gateway's view of the cluster: the state it serves by, its role, its Triton replicas."""
+    if svc.cluster is None:
+        return {"role": "alone", "epoch": None, "generation": 0, "active": svc.models.active,
+                "loaded": sorted(svc.models.loaded), "serving": svc.models.active,
+                "replicas": svc.triton.describe()}
+    return svc.cluster.describe()
+
+
+@internal.post("/activate")
+async def activate(body: ActivateRequest, svc: RerankService = Depends(service)) -> dict:
+    """From the coordinator: make its new state's model active here, drain the models that leave, answer."""
+    return await _cluster(svc).on_activate(body.model_dump())
+
+
+@internal.post("/switch", response_model=SwitchModelResponse)
+async def forwarded_switch(body: SwitchModelRequest, svc: RerankService = Depends(service)) -> SwitchModelResponse:
+    """A /switch_model that reached another gateway; only the coordinator takes it."""
+    _cluster(svc)
+    return await svc.switch_model(body.model_name, body.keep_loaded, forwarded=True)

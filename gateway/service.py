@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import numpy as np
 
@@ -44,12 +44,17 @@ from gateway.triton import InferenceBackend, PairOptions, ScoreOutputs
 from rerank_engine import catalog
 from rerank_engine.model_config import ModelConfig
 
+if TYPE_CHECKING:
+    from gateway.cluster import Cluster
+
 
 class RerankService:
-    def __init__(self, triton: InferenceBackend, models: ModelManager, settings: GatewaySettings) -> None:
+    def __init__(self, triton: InferenceBackend, models: ModelManager, settings: GatewaySettings,
+                 cluster: Cluster | None = None) -> None:
         self.triton = triton
         self.models = models
         self.settings = settings
+        self.cluster = cluster  # None: this gateway switches alone
         self.max_documents = settings.max_documents_per_request
 
     async def score_pair(self, query: str, document: str, record: RequestRecord) -> float:
@@ -205,8 +210,16 @@ class RerankService:
             record.record_scores(outputs)
         return outputs
 
-    async def switch_model(self, requested: str, keep_loaded: bool = False) -> SwitchModelResponse:
-        result = await self.models.switch(requested, keep_loaded)
+    async def switch_model(self, requested: str, keep_loaded: bool = False,
+                           forwarded: bool = False) -> SwitchModelResponse:
+        """Alone: switch here. In a cluster: on the coordinator, for every gateway (`forwarded`: another
+        gateway passed the call on)."""
+        if self.cluster is None:
+            result = await self.models.switch(requested, keep_loaded)
+        elif forwarded:
+            result = await self.cluster.on_switch(requested, keep_loaded)
+        else:
+            result = await self.cluster.switch(requested, keep_loaded)
         return SwitchModelResponse(
             message=f"Switched to model {requested}",
             model=result.model,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway import discovery
 from rerank_engine import catalog
 
 
@@ -16,7 +17,15 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address the gateway listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the gateway listens on.")
-    triton_url: str = Field("localhost:8101", description="Triton's gRPC endpoint, host:port.")
+    triton_url: str = Field(
+        "localhost:8101",
+        description="Triton's gRPC endpoints: host:port, a comma-separated list of them, or dns:///name:port (every "
+        "address the name resolves to, looked up again every triton_resolve_interval_s: a Kubernetes headless "
+        "Service), or dns://server:port/name:port (asked of that DNS server). Requests are balanced over them.",
+    )
+    triton_resolve_interval_s: float = Field(
+        5.0, gt=0, description="How often a dns:// triton_url (or gateway_peers) is looked up again."
+    )
     default_model: str = Field(
         "minilm-l6", description="Model (alias or Triton name) loaded and made active at start-up."
     )
@@ -59,14 +68,73 @@ class GatewaySettings(BaseSettings):
         64 * 2**20, ge=1024, description="Largest request body; leaves room for a 10 MB document, which is truncated."
     )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
+    switch_coordinator: str = Field(
+        "",
+        description="Base URL of the gateway that runs every model switch of a cluster of gateways (in "
+        "Kubernetes the StatefulSet's pod 0). Empty: this gateway is alone and switches by itself.",
+    )
+    advertised_url: str = Field(
+        "", description="This gateway's own base URL as the others reach it; equal to switch_coordinator on the "
+        "coordinator. Required with switch_coordinator.",
+    )
+    gateway_peers: str = Field(
+        "", description="Every gateway of the cluster (this one may be among them): base URLs, comma-separated, "
+        "or dns:///name:port. The coordinator makes a new model active on each of them.",
+    )
+    peer_api_key: SecretStr = Field(
+        SecretStr(""), description="Sent as 'Authorization: Bearer' on calls between gateways, and required on "
+        "their /internal/ endpoints when set.",
+    )
+    switch_poll_interval_s: float = Field(
+        1.0, gt=0, description="How often a gateway asks the coordinator for the active model, to catch up on a "
+        "switch it missed (down, restarting, new).",
+    )
+    peer_timeout_s: float = Field(2.0, gt=0, description="Deadline of one call between gateways (a switch's "
+                                  "forwarding waits as long as the switch itself).")
 
     @field_validator("triton_url")
     @classmethod
-    def _host_and_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"must be host:port, got {value!r}")
+    def _targets(cls, value: str) -> str:
+        targets = discovery.parse_targets(value)
+        if not targets.fixed and targets.dns is None:
+            raise ValueError("must name at least one Triton (host:port, a list, or dns:///name:port)")
         return value
+
+    @field_validator("gateway_peers")
+    @classmethod
+    def _peers(cls, value: str) -> str:
+        discovery.parse_targets(value, urls=True)
+        return value
+
+    @field_validator("switch_coordinator", "advertised_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value:
+            discovery.parse_targets(value, urls=True)
+        return value
+
+    @model_validator(mode="after")
+    def _cluster(self) -> "GatewaySettings":
+        if self.switch_coordinator and not self.advertised_url:
+            raise ValueError("advertised_url (RERANKER_ADVERTISED_URL) is required with switch_coordinator: "
+                             "it tells the coordinator which gateway it is")
+        return self
+
+    @property
+    def in_cluster(self) -> bool:
+        return bool(self.switch_coordinator)
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.in_cluster and self.advertised_url == self.switch_coordinator
+
+    @property
+    def catch_up_bound_s(self) -> float:
+        """Longest a gateway that can reach the coordinator goes on using a model the coordinator has
+        replaced: a poll in flight at the switch (peer_timeout_s), the wait to the next (switch_poll_interval_s),
+        and that poll (peer_timeout_s)."""
+        return self.switch_poll_interval_s + 2 * self.peer_timeout_s
 
     @field_validator("log_level")
     @classmethod

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
-from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
+from tritonclient.grpc import (MAX_GRPC_MESSAGE_SIZE, InferenceServerException, InferInput, InferRequestedOutput,
+                               KeepAliveOptions)
 from tritonclient.grpc.aio import InferenceServerClient
 
 from gateway.errors import ErrorKind, GatewayError
@@ -33,6 +34,25 @@ UNAVAILABLE_MESSAGES = (
 """The fallback: Triton answers these conditions with the same UNAVAILABLE code as a server that is
 down, and only its message tells them apart. Read from tritonserver 2.51 (NGC 24.10, the nvidia-pytriton
 0.7.0 wheel); matched case-insensitively, on UNAVAILABLE only."""
+
+
+RECONNECT_BACKOFF_MS = 2000
+"""gRPC waits longer and longer before reconnecting to a server that went away (up to 120 s by default);
+a Triton replica that restarts should be seen within seconds of being back."""
+
+
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options (it takes all or none), with the reconnect backoff capped."""
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+    ]
 
 
 @dataclass(frozen=True)
@@ -105,7 +125,9 @@ class InferenceBackend(Protocol):
 
     async def is_ready(self, model: str) -> bool: ...
 
-    async def load(self, model: str) -> None: ...
+    async def load(self, model: str) -> bool:
+        """Make sure `model` is loaded (on every replica); True if anything had to be loaded."""
+        ...
 
     async def unload(self, model: str) -> None: ...
 
@@ -122,7 +144,7 @@ class TritonBackend:
         self.url = url
         self.request_timeout_s = request_timeout_s
         self.load_timeout_s = load_timeout_s
-        self._client = InferenceServerClient(url)
+        self._client = InferenceServerClient(url, channel_args=_channel_args())
 
     async def close(self) -> None:
         await self._client.close()
@@ -146,7 +168,11 @@ class TritonBackend:
         except InferenceServerException:
             return False
 
-    async def load(self, model: str) -> None:
+    async def load(self, model: str) -> bool:
+        # Triton loads a model that is already loaded again from scratch (29 s for the tiny test bge
+        # on a busy 2-core CPU, as long as the first load), so a READY model is left alone.
+        if await self.is_ready(model):
+            return False
         try:
             await self._client.load_model(model, client_timeout=self.load_timeout_s)
         except InferenceServerException as exc:
@@ -154,6 +180,7 @@ class TritonBackend:
             if error.kind is not ErrorKind.BACKEND_UNAVAILABLE:
                 error.kind = ErrorKind.MODEL_LOAD_FAILED
             raise error from None
+        return True
 
     async def unload(self, model: str) -> None:
         try:
@@ -175,12 +202,16 @@ class TritonBackend:
         documents: Sequence[str],
         instruction: str | None = None,
         options: PairOptions = PairOptions(),
+        timeout_s: float | None = None,
     ) -> ScoreOutputs:
         """Score rows of (query, document) in one Triton request.
 
         Triton checks that every input has the same batch size, so a shared
         query (and instruction) is repeated per row; the engine tokenizes it once.
+        `timeout_s`: what is left of the request's deadline (a retry on another
+        replica gets less than the first try); default the whole `request_timeout_s`.
         """
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
         inputs = [_strings(contract.INPUT_QUERY, queries), _strings(contract.INPUT_DOCUMENT, documents)]
         if instruction is not None:
             inputs.append(_strings(contract.INPUT_INSTRUCTION, [instruction] * len(documents)))
@@ -194,8 +225,8 @@ class TritonBackend:
                 outputs=[InferRequestedOutput(name) for name in contract.OUTPUTS],
                 # The same deadline twice: the client stops waiting, and Triton drops the request
                 # if it is still queued then, instead of computing a result nobody reads.
-                client_timeout=self.request_timeout_s,
-                timeout=int(self.request_timeout_s * 1e6),
+                client_timeout=timeout_s,
+                timeout=max(int(timeout_s * 1e6), 1),
                 parameters=parameters,
             )
         except InferenceServerException as exc:

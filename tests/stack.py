@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,10 @@ class Process:
     process: subprocess.Popen
     log: Path
     ports: dict[str, int] = field(default_factory=dict)
+    host: str = "127.0.0.1"
 
     def url(self, port: str = "http") -> str:
-        return f"http://127.0.0.1:{self.ports[port]}"
+        return f"http://{self.host}:{self.ports[port]}"
 
 
 def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -56,31 +58,51 @@ def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
     )
 
 
-def start_triton(repository: Path, models_dir: Path, log: Path, ports: tuple[int, int, int] | None = None) -> Process:
+def start_triton(repository: Path, models_dir: Path, log: Path, ports: tuple[int, int, int] | None = None,
+                 bind_address: str = "127.0.0.1") -> Process:
+    """`reranker triton`; several can share the ports on different loopback addresses (127.0.0.2, ...)."""
     http, grpc, metrics = ports or free_ports(3)
     process = _start(
         ["triton", f"--model-repository={repository}", f"--models-dir={models_dir}",
-         f"--triton-http-port={http}", f"--triton-grpc-port={grpc}", f"--triton-metrics-port={metrics}"],
+         f"--triton-http-port={http}", f"--triton-grpc-port={grpc}", f"--triton-metrics-port={metrics}",
+         f"--triton-bind-address={bind_address}"],
         log,
     )
-    triton = Process(process, log, {"http": http, "grpc": grpc, "metrics": metrics})
+    triton = Process(process, log, {"http": http, "grpc": grpc, "metrics": metrics}, host=bind_address)
     wait_for(f"{triton.url()}/v2/health/live", process, log)
     return triton
 
 
-def start_gateway(triton_grpc_port: int, log: Path, model: str = "minilm-l6",
-                  env: dict[str, str] | None = None, ready_path: str = "/health/ready") -> Process:
-    """`reranker gateway`; `env` sets its other settings (RERANKER_REQUEST_TIMEOUT_S, ...). It is started once
+def start_gateway(triton: int | str, log: Path, model: str = "minilm-l6", env: dict[str, str] | None = None,
+                  port: int | None = None, wait: bool = True, ready_path: str = "/health/ready") -> Process:
+    """`reranker gateway` in front of Triton's gRPC port on loopback, or any RERANKER_TRITON_URL;
+    `env` sets its other settings (RERANKER_REQUEST_TIMEOUT_S, ...). With `wait`, it is started once
     `ready_path` answers 200 (`/health` for a gateway without Triton)."""
-    (port,) = free_ports(1)
+    port = port or free_ports(1)[0]
+    triton_url = f"127.0.0.1:{triton}" if isinstance(triton, int) else triton
     process = _start(
-        ["gateway", "--host=127.0.0.1", f"--port={port}", f"--triton-url=127.0.0.1:{triton_grpc_port}",
-         f"--model={model}"],
+        ["gateway", "--host=127.0.0.1", f"--port={port}", f"--triton-url={triton_url}", f"--model={model}"],
         log, env,
     )
     gateway = Process(process, log, {"http": port})
-    wait_for(f"{gateway.url()}{ready_path}", process, log)
+    if wait:
+        wait_for(f"{gateway.url()}{ready_path}", process, log)
     return gateway
+
+
+def start_dns_server(records: Path, log: Path) -> Process:
+    """tests/dns_server.py on a free loopback UDP port, answering from `records` (JSON, read per query)."""
+    (port,) = free_ports(1)  # free for TCP a moment ago; UDP ports are their own space, and as free in practice
+    handle = log.open("w")
+    process = subprocess.Popen([sys.executable, "-m", "tests.dns_server", f"--port={port}", f"--records={records}"],
+                               stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+    server = Process(process, log, {"dns": port})
+    deadline = time.monotonic() + 60
+    while "dns server on" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the DNS server did not start\n--- {log} ---\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+    return server
 
 
 def start_serve(repository: Path, models_dir: Path, log: Path, model: str = "minilm-l6",

@@ -1,8 +1,9 @@
 """An in-memory stand-in for Triton (`gateway.triton.InferenceBackend`), for
-the model manager's fast unit tests: models load, unload and score in memory,
-with delays, failures and outages the test controls. The real-Triton tests
-(tests/app, tests/integration) remain the truth; this only makes the manager's
-logic testable in milliseconds."""
+the fast unit tests of the model manager, the replica pool and the cluster's
+coordinator: models load, unload and score in memory, with delays, failures
+and outages the test controls. The real-Triton tests (tests/app,
+tests/integration) remain the truth; this only makes the logic testable in
+milliseconds."""
 
 from __future__ import annotations
 
@@ -29,18 +30,23 @@ class FakeTriton:
         self.load_delay_s: dict[str, float] = {}
         self.failing_loads: set[str] = set()
         self.hold_scoring: asyncio.Event | None = None  # while set and not released, score() waits
+        self.score_error: GatewayError | None = None  # score() fails with it (after being counted)
         self.events: list[tuple[str, str]] = []  # ("load" | "unload" | "score", model), in order
         self.loading_now = 0
         self.most_loading_at_once = 0
+        self.scored = 0  # requests answered
+        self._crashed = asyncio.Event()  # set while down: requests held in score() fail as a dead server's do
 
     # --- what a test does to it
     def crash(self) -> None:
         """Triton dies: nothing answers, and a restarted Triton has nothing loaded."""
         self.live = False
         self.states = {name: "" for name in self.states}
+        self._crashed.set()
 
     def restart(self) -> None:
         self.live = True
+        self._crashed = asyncio.Event()
 
     def ready(self) -> set[str]:
         return {name for name, state in self.states.items() if state == "READY"}
@@ -60,8 +66,10 @@ class FakeTriton:
     async def is_ready(self, model: str) -> bool:
         return self.live and self.states.get(model) == "READY"
 
-    async def load(self, model: str) -> None:
+    async def load(self, model: str) -> bool:
         self._require_live()
+        if self.states.get(model) == "READY":  # as TritonBackend.load: a READY model is left alone
+            return False
         self.events.append(("load", model))
         self.loading_now += 1
         self.most_loading_at_once = max(self.most_loading_at_once, self.loading_now)
@@ -73,6 +81,7 @@ class FakeTriton:
             self.states[model] = "READY"
         finally:
             self.loading_now -= 1
+        return True
 
     async def unload(self, model: str) -> None:
         self._require_live()
@@ -85,13 +94,24 @@ class FakeTriton:
         return self.configs[model]
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
-                    instruction: str | None = None, options: PairOptions = PairOptions()) -> ScoreOutputs:
+                    instruction: str | None = None, options: PairOptions = PairOptions(),
+                    timeout_s: float | None = None) -> ScoreOutputs:
         self._require_live()
         if self.states.get(model) != "READY":
             raise GatewayError(ErrorKind.MODEL_NOT_READY, f"Request for unknown model: '{model}' is not found")
         self.events.append(("score", model))
+        if self.score_error is not None:
+            raise self.score_error
         if self.hold_scoring is not None:
-            await self.hold_scoring.wait()
+            crashed = self._crashed
+            held = asyncio.ensure_future(self.hold_scoring.wait())
+            died = asyncio.ensure_future(crashed.wait())
+            await asyncio.wait([held, died], return_when=asyncio.FIRST_COMPLETED)
+            held.cancel()
+            died.cancel()
+            if crashed.is_set():  # died with the request in flight
+                raise GatewayError(ErrorKind.BACKEND_UNAVAILABLE, "Socket closed")
+        self.scored += 1
         n = len(documents)
         # A score that says which model made it: the model's name length, per document.
         score = np.full(n, len(model) / 100, np.float32)

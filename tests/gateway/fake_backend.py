@@ -30,6 +30,7 @@ class FakeTriton:
         self.failing_loads: set[str] = set()
         self.hold_scoring: asyncio.Event | None = None  # while set and not released, score() waits
         self.events: list[tuple[str, str]] = []  # ("load" | "unload" | "score", model), in order
+        self.priority_levels: list[int] = []  # the dynamic-batcher level of each score call, in order
         self.loading_now = 0
         self.most_loading_at_once = 0
 
@@ -85,11 +86,13 @@ class FakeTriton:
         return self.configs[model]
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
-                    instruction: str | None = None, max_document_tokens: int | None = None) -> ScoreOutputs:
+                    instruction: str | None = None, max_document_tokens: int | None = None,
+                    priority_level: int = 0) -> ScoreOutputs:
         self._require_live()
         if self.states.get(model) != "READY":
             raise GatewayError(ErrorKind.MODEL_NOT_READY, f"Request for unknown model: '{model}' is not found")
         self.events.append(("score", model))
+        self.priority_levels.append(priority_level)
         if self.hold_scoring is not None:
             await self.hold_scoring.wait()
         n = len(documents)

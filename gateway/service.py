@@ -13,6 +13,7 @@ import numpy as np
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import RequestRecord
 from gateway.model_manager import ModelManager
+from gateway.priority import RowBudget, is_bulk, triton_priority_level
 from gateway.protocol import (
     HealthResponse,
     ModelsResponse,
@@ -38,6 +39,8 @@ class RerankService:
         self.triton = triton
         self.models = models
         self.max_documents = settings.max_documents_per_request
+        self.bulk_rows = settings.bulk_rows_in_flight
+        self._bulk_budgets: dict[str, RowBudget] = {}  # per model
 
     async def score_pair(self, query: str, document: str, record: RequestRecord, priority: int = 0) -> float:
         async with self.models.lease() as model:
@@ -115,20 +118,31 @@ class RerankService:
         # dynamic batcher can merge them with other clients' work.
         size = max(model.max_batch_size, 1)
         level = triton_priority_level(model, priority)
-        chunks = await asyncio.gather(
-            *(
-                self.triton.score(
-                    model.name, queries[i : i + size], documents[i : i + size], instruction, max_document_tokens,
-                    level,
-                )
-                for i in range(0, len(documents), size)
-            )
-        )
+        budget = self._bulk_budget(model) if is_bulk(priority) else None
+        if budget is not None:  # two chunks fit the budget: one computing while the next waits in Triton's queue
+            size = min(size, max(budget.limit // 2, 1))
+
+        async def chunk(start: int) -> ScoreOutputs:
+            rows = (queries[start : start + size], documents[start : start + size])
+            if budget is None:
+                return await self.triton.score(model.name, *rows, instruction, max_document_tokens, level)
+            async with budget.take(len(rows[1])):
+                return await self.triton.score(model.name, *rows, instruction, max_document_tokens, level)
+
+        chunks = await asyncio.gather(*(chunk(i) for i in range(0, len(documents), size)))
         outputs = ScoreOutputs.concatenate(chunks)
         _require_finite(outputs, model)
         if record is not None:
             record.record_scores(outputs)
         return outputs
+
+    def _bulk_budget(self, model: ModelConfig) -> RowBudget | None:
+        if self.bulk_rows is None:
+            return None
+        budget = self._bulk_budgets.get(model.name)
+        if budget is None:
+            budget = self._bulk_budgets[model.name] = RowBudget(self.bulk_rows)
+        return budget
 
     async def switch_model(self, requested: str, keep_loaded: bool = False) -> SwitchModelResponse:
         result = await self.models.switch(requested, keep_loaded)
@@ -149,16 +163,6 @@ class RerankService:
         ready = live and active is not None and await self.triton.is_ready(active)
         status = "ok" if ready else ("degraded" if live else "unavailable")
         return HealthResponse(status=status, triton_live=live, active_model=active)
-
-
-def triton_priority_level(model: ModelConfig, priority: int) -> int:
-    """vLLM's `priority` (lower is served first, 0 normal) as one of the model's dynamic-batcher levels
-    (Triton: 1 is the most urgent; 0 asks for the default level): the default level moved by `priority`
-    steps, held within 1..priority_levels. A model without levels takes every request at its one level."""
-    if model.priority_levels <= 0 or priority == 0:
-        return 0
-    default = model.default_priority_level or 1
-    return min(max(default + priority, 1), model.priority_levels)
 
 
 def _require_finite(outputs: ScoreOutputs, model: ModelConfig) -> None:

@@ -45,6 +45,12 @@ class GatewaySettings(BaseSettings):
     max_request_bytes: int = Field(
         64 * 2**20, ge=1024, description="Largest request body; leaves room for a 10 MB document, which is truncated."
     )
+    bulk_rows_in_flight: int | None = Field(
+        64, ge=1,
+        description="Most rows of bulk requests (priority > 0) at Triton at once, per model, in chunks no larger; "
+        "more wait in the gateway. Bounds the bulk work an interactive request finds ahead of it or in its batch "
+        "(gateway/priority.py). Unset: no bound, bulk fills whole batches.",
+    )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
     api_keys_file: Path | None = Field(
         None,
@@ -67,7 +73,7 @@ class GatewaySettings(BaseSettings):
     )
     service_name: str = Field("reranker-gateway", description="service.name of the gateway's traces.")
 
-    @field_validator("api_keys_file", "api_keys", "otlp_endpoint", mode="before")
+    @field_validator("api_keys_file", "api_keys", "otlp_endpoint", "bulk_rows_in_flight", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         # Compose and Kubernetes set a variable to "" to switch a feature off.

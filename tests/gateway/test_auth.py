@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,11 @@ def test_metrics_need_a_key_only_when_the_setting_says_so():
     route = auth.scoped_route_class(Scope.METRICS)
     assert auth.AccessPolicy(GatewaySettings()).needed(route) is None
     assert auth.AccessPolicy(GatewaySettings(metrics_require_key=True)).needed(route) is Scope.METRICS
+
+
+def test_the_readme_example_key_file_reads_as_documented():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```text\n# Reranker API keys:", 1)[1].split("```", 1)[0]
+    keys = parse_keys("#" + block, "README")
+    assert [(k.name, k.scopes) for k in keys] == [
+        ("search-frontend", {Scope.SCORE}), ("ops", set(Scope)), ("prometheus", {Scope.METRICS})]

@@ -9,6 +9,10 @@ probes, sent one at a time:
   same         probes at the bulk clients' own priority, alternated with the interactive ones: what
                a probe sees without priority, and the proof that the load saturated the queue
 The criterion of issue 17: the interactive p50 under load within 2x the idle p50.
+The idle and loaded measurements alternate over `--rounds` rounds (the bulk
+clients pause, drain, then resume); each round's loaded p50 is compared with
+its own idle p50, and the median of the rounds decides, so that what else a
+shared machine runs weighs on both sides of each comparison alike.
 
   reranker serve &                                   # or any gateway; the model must be loaded
   python -m bench.priority --url http://127.0.0.1:8000 --model bge --low-concurrency 16 \
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -69,13 +74,26 @@ def _stats(seconds: list[float]) -> dict:
             "p90_ms": round(percentile(seconds, 90) * 1000, 2), "mean_ms": round(statistics.fmean(seconds) * 1000, 2)}
 
 
-def _load(url: str, api_key: str | None, model: str | None, concurrency: int, documents: int, stop, counts) -> None:
-    """The bulk clients, in their own process so that their JSON work never delays a probe's timing."""
+def _load(url: str, api_key: str | None, model: str | None, concurrency: int, documents: int, stop, running,
+          counts) -> None:
+    """The bulk clients, in their own process so that their JSON work never delays a probe's timing. They send
+    while `running` is set; counts: [answered 200, failed, in flight]. Niced: the bulk clients stand for other
+    machines, and on a small host their own CPU work should not be what slows the probes."""
+    os.nice(10)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         body = _body(documents, BULK, model)
         while not stop.is_set():
-            response = await client.post("/v1/rerank", json=body)
+            if not running.is_set():
+                await asyncio.sleep(0.01)
+                continue
+            with counts.get_lock():
+                counts[2] += 1
+            try:
+                response = await client.post("/v1/rerank", json=body)
+            finally:
+                with counts.get_lock():
+                    counts[2] -= 1
             with counts.get_lock():
                 counts[0 if response.status_code == 200 else 1] += 1
 
@@ -88,36 +106,53 @@ def _load(url: str, api_key: str | None, model: str | None, concurrency: int, do
 
 
 async def run(url: str, api_key: str | None, model: str | None, concurrency: int, documents: int, probes: int,
-              warmup_s: float) -> dict:
-    async with httpx.AsyncClient(base_url=url, timeout=600, headers=_headers(api_key)) as client:
-        for _ in range(5):  # connection, first-call costs
-            await _probe(client, INTERACTIVE, model)
-        idle = [await _probe(client, INTERACTIVE, model) for _ in range(probes)]
-
-        context = multiprocessing.get_context("spawn")
-        stop, counts = context.Event(), context.Array("i", 2)
-        load = context.Process(target=_load, args=(url, api_key, model, concurrency, documents, stop, counts))
-        load.start()
-        try:
-            await asyncio.sleep(warmup_s)  # the bulk clients fill the queue
-            done_before, started = counts[0], time.perf_counter()
-            interactive, same = [], []
-            for _ in range(probes):
-                interactive.append(await _probe(client, INTERACTIVE, model))
-                same.append(await _probe(client, BULK, model))
-            window = time.perf_counter() - started
-            bulk_done = counts[0] - done_before
-        finally:
-            stop.set()
-            load.join(timeout=600)
+              warmup_s: float, rounds: int = 5) -> dict:
+    idle, interactive, same = [], [], []
+    round_ratios = []  # interactive p50 under load over idle p50, each round on its own
+    bulk_done, window = 0, 0.0
+    context = multiprocessing.get_context("spawn")
+    stop, running, counts = context.Event(), context.Event(), context.Array("i", 3)
+    load = context.Process(target=_load, args=(url, api_key, model, concurrency, documents, stop, running, counts))
+    load.start()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=600, headers=_headers(api_key)) as client:
+            for _ in range(5):  # connection, first-call costs
+                await _probe(client, INTERACTIVE, model)
+            per_round = max(probes // rounds, 1)
+            for _ in range(rounds):
+                while counts[2]:  # the last round's bulk requests drain: the server is idle
+                    await asyncio.sleep(0.01)
+                round_idle = [await _probe(client, INTERACTIVE, model) for _ in range(per_round)]
+                running.set()
+                await asyncio.sleep(warmup_s)  # the bulk clients fill the queue
+                done_before, started = counts[0], time.perf_counter()
+                round_interactive = []
+                for _ in range(per_round):
+                    round_interactive.append(await _probe(client, INTERACTIVE, model))
+                    same.append(await _probe(client, BULK, model))
+                idle += round_idle
+                interactive += round_interactive
+                round_ratios.append(round(percentile(round_interactive, 50) / percentile(round_idle, 50), 2))
+                window += time.perf_counter() - started
+                bulk_done += counts[0] - done_before
+                running.clear()
+    finally:
+        running.clear()
+        stop.set()
+        load.join(timeout=600)
     result = {
-        "url": url, "model": model, "low_concurrency": concurrency, "low_documents": documents, "probes": probes,
+        "url": url, "model": model, "low_concurrency": concurrency, "low_documents": documents,
+        "probes": len(idle), "rounds": rounds,
         "idle": _stats(idle), "interactive_under_load": _stats(interactive), "same_priority_under_load": _stats(same),
         "bulk_pairs_per_s": round(bulk_done * documents / window, 1), "bulk_errors": counts[1],
     }
     result["interactive_vs_idle_p50"] = round(result["interactive_under_load"]["p50_ms"] / result["idle"]["p50_ms"], 2)
     result["same_vs_idle_p50"] = round(result["same_priority_under_load"]["p50_ms"] / result["idle"]["p50_ms"], 2)
-    result["within_2x"] = result["interactive_vs_idle_p50"] <= 2.0
+    # Each round's interactive p50 against the idle p50 measured just before it, under the same conditions on
+    # the machine; the median of the rounds is the criterion (a shared host's other work comes and goes).
+    result["round_ratios"] = round_ratios
+    result["median_round_ratio"] = round(statistics.median(round_ratios), 2)
+    result["within_2x"] = result["median_round_ratio"] <= 2.0
     return result
 
 
@@ -128,17 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="a loaded model (alias or name); default: the active one")
     parser.add_argument("--low-concurrency", type=int, default=16, help="bulk clients")
     parser.add_argument("--low-documents", type=int, default=64, help="documents per bulk request")
-    parser.add_argument("--probes", type=int, default=40, help="probes per measurement")
-    parser.add_argument("--warmup-s", type=float, default=3.0, help="load before the first probe")
+    parser.add_argument("--probes", type=int, default=60, help="probes per measurement, over all rounds")
+    parser.add_argument("--warmup-s", type=float, default=2.0, help="load before a round's first probe")
+    parser.add_argument("--rounds", type=int, default=5, help="idle and loaded measurements, alternated")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.url, args.api_key, args.model, args.low_concurrency, args.low_documents,
-                             args.probes, args.warmup_s))
+                             args.probes, args.warmup_s, args.rounds))
     print(f"priority: idle p50 {result['idle']['p50_ms']} ms; under load ({args.low_concurrency} bulk clients x "
           f"{args.low_documents} documents, {result['bulk_pairs_per_s']} pairs/s) interactive p50 "
           f"{result['interactive_under_load']['p50_ms']} ms ({result['interactive_vs_idle_p50']}x idle), same-priority "
           f"p50 {result['same_priority_under_load']['p50_ms']} ms ({result['same_vs_idle_p50']}x idle); "
-          f"within 2x: {result['within_2x']}")
+          f"rounds {result['round_ratios']}, median {result['median_round_ratio']}x: within 2x: {result['within_2x']}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -82,8 +82,8 @@ class RequestObserver:
             access_log.info(
                 "%s %s %s %d %.1fms model=%s documents=%s key=%s error=%s trace_id=%s",
                 f"{client[0]}:{client[1]}" if client else "-", scope["method"], scope["path"], status,
-                answered["seconds"] * 1000, getattr(record, "model", None) or "-",
-                getattr(record, "documents", None) if record is not None and record.documents is not None else "-",
+                answered["seconds"] * 1000, (record and record.model) or "-",
+                "-" if record is None or record.documents is None else record.documents,
                 state.get("api_key") or "-", rejection or "-", answered["trace_id"],
             )
 

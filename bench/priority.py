@@ -125,6 +125,8 @@ async def run(url: str, api_key: str | None, model: str | None, concurrency: int
                 round_idle = [await _probe(client, INTERACTIVE, model) for _ in range(per_round)]
                 running.set()
                 await asyncio.sleep(warmup_s)  # the bulk clients fill the queue
+                if not load.is_alive():
+                    raise RuntimeError(f"the bulk clients' process exited with code {load.exitcode}")
                 done_before, started = counts[0], time.perf_counter()
                 round_interactive = []
                 for _ in range(per_round):

@@ -12,6 +12,11 @@ gateway's own share (`x-total-time` minus Triton's queue and inference time).
 
   reranker triton --models-dir models &          # or any running Triton with the model
   python -m bench.gateway_ab --triton-url 127.0.0.1:8101 --model bge --baseline HEAD~1
+
+`--variant` adds working-tree gateways with other settings, taken in the same
+turns: `--variant traced:otlp_endpoint=http://127.0.0.1:4318` (tracing on,
+exporting to a running OTLP/HTTP receiver), `--variant keyed:api_keys="<key> score"
+--api-key <key>` (API keys on; every version sends the key, the others ignore it).
 """
 
 from __future__ import annotations
@@ -62,15 +67,16 @@ async def client_for(create_app, settings):
 
 async def measure(args: argparse.Namespace, versions: dict[str, tuple]) -> dict[str, dict]:
     samples = {label: {"client_ms": [], "own_ms": []} for label in versions}
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     async with contextlib.AsyncExitStack() as stack:
         clients = {}
-        for label, (create_app, settings_cls) in versions.items():
-            settings = settings_cls(triton_url=args.triton_url, default_model=args.model)
+        for label, (create_app, settings_cls, extra) in versions.items():
+            settings = settings_cls(triton_url=args.triton_url, default_model=args.model, **extra)
             clients[label] = await stack.enter_async_context(client_for(create_app, settings))
         for round_ in range(args.warmup + args.requests):
             for label, client in clients.items():
                 started = time.perf_counter()
-                response = await client.post("/v1/rerank", json=BODY)
+                response = await client.post("/v1/rerank", json=BODY, headers=headers)
                 elapsed = 1000 * (time.perf_counter() - started)
                 response.raise_for_status()
                 if round_ < args.warmup:
@@ -97,6 +103,9 @@ def main() -> None:
     parser.add_argument("--baseline", default="HEAD", help="git revision of the gateway to compare against")
     parser.add_argument("--requests", type=int, default=1000, help="per version")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:SETTING=VALUE[,SETTING=VALUE]",
+                        help="another working-tree gateway with these settings (repeatable)")
+    parser.add_argument("--api-key", help="sent with every request (for variants with api_keys)")
     args = parser.parse_args()
     logging.disable(logging.INFO)  # one line per request from httpx otherwise
     with tempfile.TemporaryDirectory() as folder:
@@ -107,8 +116,12 @@ def main() -> None:
         from gateway.app import create_app
         from gateway.settings import GatewaySettings
 
-        versions = {f"baseline ({args.baseline})": (baseline_app, baseline_settings),
-                    "working tree": (create_app, GatewaySettings)}
+        versions = {f"baseline ({args.baseline})": (baseline_app, baseline_settings, {}),
+                    "working tree": (create_app, GatewaySettings, {})}
+        for variant in args.variant:
+            label, _, assignments = variant.partition(":")
+            extra = dict(item.split("=", 1) for item in assignments.split(",") if item)
+            versions[label] = (create_app, GatewaySettings, extra)
         report = asyncio.run(measure(args, versions))
     for label, figures in report.items():
         print(f"{label:>24}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))

@@ -1,6 +1,6 @@
 """Thin clients over the gateway's HTTP API (httpx), synchronous and
 asynchronous. Errors come back as `RerankerError` carrying the HTTP status and
-the gateway's error type."""
+the gateway's error type. `api_key` is sent as `Authorization: Bearer <key>`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ def _result(response: httpx.Response) -> Any:
     raise RerankerError(response.status_code, body.get("error_type", "error"), body.get("error", response.text))
 
 
+def _options(api_key: str | None, httpx_options: dict[str, Any]) -> dict[str, Any]:
+    if api_key is None:
+        return httpx_options
+    headers = {**(httpx_options.pop("headers", None) or {}), "authorization": f"Bearer {api_key}"}
+    return {**httpx_options, "headers": headers}
+
+
 def _rerank_body(query: str, documents: Sequence[str], options: dict[str, Any]) -> dict:
     return {"query": query, "documents": list(documents), **{k: v for k, v in options.items() if v is not None}}
 
@@ -39,8 +46,9 @@ def _score_body(queries: Sequence[str], documents: Sequence[str], model: str | N
 
 
 class RerankerClient:
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, **httpx_options: Any) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, api_key: str | None = None,
+                 **httpx_options: Any) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, **_options(api_key, httpx_options))
 
     def rerank(self, query: str, document: str) -> float:
         """The seed's single pair, scored by the active model."""
@@ -73,8 +81,9 @@ class RerankerClient:
 
 
 class AsyncRerankerClient:
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, **httpx_options: Any) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_options)
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, api_key: str | None = None,
+                 **httpx_options: Any) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **_options(api_key, httpx_options))
 
     async def rerank(self, query: str, document: str) -> float:
         return _result(await self._http.post("/rerank", json={"query": query, "document": document}))["score"]

@@ -1,6 +1,12 @@
 """The gateway application factory: settings in, FastAPI app out, with a
 lifespan that finds the Triton replicas and activates the start-up model -
-by itself, or as one gateway of a cluster (gateway.cluster)."""
+by itself, or as one gateway of a cluster (gateway.cluster).
+
+Middlewares, outermost first: FastAPI's tracing (when on), the observer
+(timing headers, trace id, metrics, access log), the API key check, then the
+guards (media type, body size, in-flight bound), so that a request without a
+valid key is refused before its body is read or counted in flight.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.trace import TracerProvider
 
-from gateway import discovery
+from gateway import auth, discovery
 from gateway.cluster import Cluster, HttpPeers
 from gateway.docs import install_offline_docs
 from gateway.errors import ErrorKind, install_error_handlers
@@ -20,29 +27,45 @@ from gateway.metrics import GatewayMetrics
 from gateway.model_manager import ModelManager
 from gateway.observer import REFUSAL_REASONS, RequestObserver
 from gateway.pool import TritonPool
-from gateway.routes import internal, router
+from gateway.routes import router
 from gateway.service import RerankService
 from gateway.settings import GatewaySettings
+from gateway.tracing import Tracing
 from gateway.triton import TritonBackend
 
+log = logging.getLogger(__name__)
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+
+def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """`tracer_provider`: trace with this provider instead of one built from the settings (tests)."""
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics()
     metrics.start_at_zero([kind.value for kind in ErrorKind] + list(REFUSAL_REASONS.values()))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = auth.KeyRing.from_settings(settings)  # a malformed key file stops the start here
+    policy = auth.AccessPolicy(settings)
+    tracing = Tracing(tracer_provider) if tracer_provider is not None else Tracing.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if not keys:
+            log.warning("no API keys configured (RERANKER_API_KEYS_FILE, RERANKER_API_KEYS): every route is open "
+                        "to whoever reaches this port, /switch_model included")
+        else:
+            log.info("%d API keys loaded; routes need a key with their scope", len(keys.keys))
+
+        def replica(address: str) -> TritonBackend:
+            with tracing.instrumented_grpc():  # the channel gets the interceptors that carry traceparent
+                return TritonBackend(address, settings.request_timeout_s, settings.model_load_timeout_s)
+
         triton = TritonPool(
-            discovery.parse_targets(settings.triton_url),
-            lambda address: TritonBackend(address, settings.request_timeout_s, settings.model_load_timeout_s),
+            discovery.parse_targets(settings.triton_url), replica,
             settings.request_timeout_s, settings.triton_watch_interval_s, settings.triton_resolve_interval_s,
             # In a cluster only the coordinator loads models, so Triton never loads one twice.
             manages_models=not settings.in_cluster or settings.is_coordinator,
         )
         await triton.start()
-        models = ModelManager(triton, settings, metrics)
+        models = ModelManager(triton, settings, metrics, tracing)
         cluster = None
         if settings.in_cluster:
             cluster = Cluster(models, triton, settings,
@@ -65,6 +88,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             if cluster is not None:
                 await cluster.close()
             await triton.close()
+            if tracer_provider is None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="Reranker",
@@ -73,12 +98,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from installed files by install_offline_docs, not from a CDN
         redoc_url=None,
+        telemetry=tracing.fastapi_config(),
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(router)
-    app.include_router(internal)
     install_offline_docs(app)
+    auth.mark_public(app)
+    auth.check_declared(app)
     install_error_handlers(app)
     app.add_middleware(
         RequestGuards,
@@ -86,6 +113,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         max_concurrent_requests=settings.max_concurrent_requests,
         in_flight_gauge=metrics.in_flight,
     )
-    app.add_middleware(RequestObserver, metrics=metrics)  # outermost: its time spans the guards too
+    if keys:
+        app.add_middleware(auth.Authenticator, keys=keys, policy=policy)
+        auth.document_security(app, policy)
+    app.add_middleware(RequestObserver, metrics=metrics, tracing=tracing.enabled)  # its time spans the rest
 
     return app

@@ -14,6 +14,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from gateway.auth import PUBLIC
+
 ASSETS_PATH = "/docs-assets"
 
 
@@ -46,3 +48,8 @@ def install_offline_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{ASSETS_PATH}/favicon.png",
             with_google_fonts=False,
         )
+
+    # Open like FastAPI's own docs routes (gateway.auth.mark_public): reading the API needs no key.
+    for route in app.routes:
+        if getattr(route, "path", None) in ("/docs", "/redoc", ASSETS_PATH):
+            route.required_scope = PUBLIC

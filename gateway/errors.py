@@ -32,9 +32,11 @@ class ErrorKind(str, Enum):
     OVERLOADED = "overloaded"
     BACKEND_ERROR = "backend_error"
     INVALID_MODEL_OUTPUT = "invalid_model_output"
-    UNAUTHORIZED = "unauthorized"
     NOT_THE_COORDINATOR = "not_the_coordinator"
     COORDINATOR_UNAVAILABLE = "coordinator_unavailable"
+    MISSING_API_KEY = "missing_api_key"
+    INVALID_API_KEY = "invalid_api_key"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
 
 
 STATUS = {
@@ -50,9 +52,11 @@ STATUS = {
     ErrorKind.OVERLOADED: 429,
     ErrorKind.BACKEND_ERROR: 500,
     ErrorKind.INVALID_MODEL_OUTPUT: 500,
-    ErrorKind.UNAUTHORIZED: 401,
     ErrorKind.NOT_THE_COORDINATOR: 409,  # a peer call that this gateway's role cannot take
     ErrorKind.COORDINATOR_UNAVAILABLE: 503,
+    ErrorKind.MISSING_API_KEY: 401,
+    ErrorKind.INVALID_API_KEY: 401,
+    ErrorKind.INSUFFICIENT_SCOPE: 403,
 }
 
 
@@ -79,12 +83,14 @@ def error_body(kind: ErrorKind, message: str, field: str | None = None) -> dict:
 def _request_field_names() -> frozenset[str]:
     models = [value for value in vars(protocol).values()
               if isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel]
-    return frozenset(name for model in models for field_name, info in model.model_fields.items()
-                     for name in (field_name, info.alias) if name)
+    fields = {name for model in models for field_name, info in model.model_fields.items()
+              for name in (field_name, info.alias) if name}
+    return frozenset(fields | {protocol.PRIORITY_HEADER})
 
 
 FIELD_NAMES = _request_field_names()
-"""Every field of the API's models: the parts of a validation error's location that name something."""
+"""Every field of the API's models, and the headers they read: the parts of a validation error's location
+that name something."""
 
 
 def field_path(location: tuple, unknown: bool = False) -> str:

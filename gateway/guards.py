@@ -10,9 +10,9 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from prometheus_client import Gauge
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import matched_route
 from gateway.errors import ErrorKind, error_body
 
 
@@ -30,7 +30,7 @@ class RequestGuards:
             in_flight_gauge.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not _routed(scope):
+        if scope["type"] != "http" or scope["method"] != "POST" or matched_route(scope) is None:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
@@ -72,10 +72,3 @@ class RequestGuards:
         body = error_body(kind, message, None if status == 429 else "body")
         await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
 
-
-def _routed(scope: Scope) -> bool:
-    """Whether a route of the application takes this method on this path (without a router: assume so)."""
-    router = getattr(scope.get("app"), "router", None)
-    if router is None:
-        return True
-    return any(route.matches(scope)[0] is Match.FULL for route in router.routes)

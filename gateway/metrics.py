@@ -39,6 +39,7 @@ class RequestRecord:
     warnings: list[str] = field(default_factory=list)
     documents: int | None = None
     tokens: int | None = None
+    truncated: int | None = None
     queue_s: float | None = None
     inference_s: float | None = None
 
@@ -46,6 +47,7 @@ class RequestRecord:
         """`outputs`: the gateway's ScoreOutputs of the whole request."""
         self.documents = len(outputs.score)
         self.tokens = int(outputs.num_tokens.sum())
+        self.truncated = int(outputs.truncated.sum())
         self.inference_s = outputs.compute_s
         self.queue_s = max(outputs.round_trip_s - outputs.compute_s, 0.0)
 

@@ -22,6 +22,7 @@ from gateway.errors import ErrorKind, GatewayError
 from gateway.leases import Leases
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.tracing import Tracing
 from gateway.triton import InferenceBackend
 from rerank_engine import catalog
 from rerank_engine.model_config import ModelConfig
@@ -46,10 +47,12 @@ class ModelsView:
 
 
 class ModelManager:
-    def __init__(self, triton: InferenceBackend, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    def __init__(self, triton: InferenceBackend, settings: GatewaySettings, metrics: GatewayMetrics,
+                 tracing: Tracing | None = None) -> None:
         self.triton = triton
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing or Tracing(None)
         self.active: str | None = None
         self.loaded: dict[str, ModelConfig] = {}  # the models this gateway has seen READY
         self.leases = Leases()
@@ -144,9 +147,11 @@ class ModelManager:
     @asynccontextmanager
     async def lease(self, requested: str | None = None) -> AsyncIterator[ModelConfig]:
         """The named model if it is loaded, else the active one, held until the block ends."""
-        model = await self._loaded_model(requested) if requested else self.active
-        if model is None:
-            raise GatewayError(ErrorKind.NO_ACTIVE_MODEL, "no model is active; POST /switch_model to load one")
+        with self.tracing.span("model lease") as span:  # the wait: a named model may need Triton asked
+            model = await self._loaded_model(requested) if requested else self.active
+            if model is None:
+                raise GatewayError(ErrorKind.NO_ACTIVE_MODEL, "no model is active; POST /switch_model to load one")
+            span.set_attribute("reranker.model", model)
         self.leases.acquire(model)
         try:
             yield self.loaded[model]
@@ -179,7 +184,9 @@ class ModelManager:
         return result
 
     async def _switch(self, target: str, keep_loaded: bool) -> SwitchResult:
-        async with self._switch_lock:
+        with self.tracing.span("switch lock wait", **{"reranker.model": target}):  # behind another switch
+            await self._switch_lock.acquire()
+        try:
             previous = self.active
             load_time = await self.ensure_loaded(target)
             await self.activate(target)
@@ -187,12 +194,15 @@ class ModelManager:
                 await self.retire(previous)
                 await self.unload(previous)
             return SwitchResult(target, previous, load_time)
+        finally:
+            self._switch_lock.release()
 
     # --- the steps of a switch, also taken one by one by a cluster's coordinator (gateway.cluster)
     async def ensure_loaded(self, target: str) -> float:
         """Load `target` where it is not loaded yet; the seconds spent loading (0 when nothing was)."""
         started = time.perf_counter()
-        loaded = await self.triton.load(target)
+        with self.tracing.span("model load", **{"reranker.model": target}):
+            loaded = await self.triton.load(target)
         load_time = time.perf_counter() - started if loaded else 0.0  # already loaded: nothing to wait for
         if not await self.triton.is_ready(target):
             raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
@@ -208,7 +218,8 @@ class ModelManager:
     async def retire(self, model: str) -> bool:
         """Wait for `model`'s requests (up to drain_timeout_s), then stop counting it as loaded here;
         False if some were still running at the timeout."""
-        drained = await self.leases.drained(model, self.settings.drain_timeout_s)
+        with self.tracing.span("drain", **{"reranker.model": model}):  # the old model's requests finish
+            drained = await self.leases.drained(model, self.settings.drain_timeout_s)
         if not drained:
             log.warning("%s still has %d requests after %.0f s; unloading anyway (Triton finishes them)",
                         model, self.leases.held(model), self.settings.drain_timeout_s)

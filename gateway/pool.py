@@ -265,8 +265,11 @@ class TritonPool:
         return await holders[0].client.model_config(model)
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
-                    instruction: str | None = None, options: PairOptions = PairOptions()) -> ScoreOutputs:
-        deadline = time.monotonic() + self.request_timeout_s
+                    instruction: str | None = None, options: PairOptions = PairOptions(),
+                    timeout_s: float | None = None, priority_level: int = 0) -> ScoreOutputs:
+        """On the least busy replica that has the model; retried on another within the deadline (`timeout_s`,
+        default the request timeout) when a replica fails it by going away."""
+        deadline = time.monotonic() + (self.request_timeout_s if timeout_s is None else timeout_s)
         tried: set[Replica] = set()
         last_error: GatewayError | None = None
         while True:
@@ -280,7 +283,7 @@ class TritonPool:
             replica.outstanding += 1
             try:
                 return await replica.client.score(model, queries, documents, instruction, options,
-                                                  timeout_s=remaining)
+                                                  timeout_s=remaining, priority_level=priority_level)
             except GatewayError as exc:
                 if exc.kind not in RETRYABLE:
                     raise

@@ -35,6 +35,20 @@ Text = Annotated[str, AfterValidator(clean_text)]
 """Every text field: a JSON string with lone surrogates replaced by U+FFFD (NUL bytes pass unchanged)."""
 
 
+PRIORITY_HEADER = "x-request-priority"
+"""The header form of `priority`, for clients whose SDK cannot add a body field; the body field wins."""
+
+PRIORITY_DESCRIPTION = (
+    "vLLM's request priority: lower is served first, 0 is normal. Each step below or above 0 moves the request "
+    "one of the model's Triton priority levels up or down, within the levels it has (the shipped models: three, "
+    f"so < 0 interactive, 0 normal, > 0 bulk). Also accepted as the {PRIORITY_HEADER} header."
+)
+
+
+def priority_field():
+    return Field(None, ge=-(2**63), le=2**63 - 1, description=PRIORITY_DESCRIPTION)  # vLLM's int64 range
+
+
 def _has_text(value: str) -> str:
     if not value.strip():
         raise ValueError("query must contain at least one non-whitespace character")
@@ -52,6 +66,7 @@ class RerankPairRequest(BaseModel):
 
     query: Text = Field(description="The search query.")
     document: Text = Field(description="One candidate document.")
+    priority: int | None = priority_field()
 
     _query_has_text = field_validator("query")(_has_text)
 
@@ -160,6 +175,7 @@ class RerankRequest(ScoringOptions):
     )
     return_raw_scores: bool = Field(False, description="Add each result's raw logit (`raw_score`).")
     raw_scores: bool = Field(False, description="Alias of return_raw_scores (Infinity).")
+    priority: int | None = priority_field()
 
     _query_has_text = field_validator("query")(_has_text)
 
@@ -274,6 +290,7 @@ class ScoreRequest(ScoringOptions):
     items: Text | list[Text] | None = Field(None, description="vLLM's other name of `documents`.")
     data_1: Text | list[Text] | None = Field(None, description="vLLM's other name of `text_1`.")
     data_2: Text | list[Text] | None = Field(None, description="vLLM's other name of `text_2`.")
+    priority: int | None = priority_field()
 
     @model_validator(mode="after")
     def _one_form(self) -> "ScoreRequest":

@@ -1,19 +1,22 @@
 """HTTP routes: parse, call the service, answer. Nothing else lives here.
 
-`internal` holds the calls between gateways (gateway.cluster), all under
-/internal/: out of the public API and its schema, and guarded by the peer key."""
+Every route sits on a router of the scope it needs (gateway/auth.py): a route
+added to `scored`, `admin` or `public` is protected (or open) like its
+neighbours, and the app refuses to start with a route on none of them.
+Peer-only routes (`internal`, under /internal/) are `admin`.
+"""
 
 from __future__ import annotations
 
-import hmac
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.auth import PUBLIC, Scope, scoped_route_class
 from gateway.cluster import INTERNAL_PREFIX
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import CONTENT_TYPE, RequestRecord
 from gateway.protocol import (
+    PRIORITY_HEADER,
     ActivateRequest,
     ErrorResponse,
     HealthResponse,
@@ -33,9 +36,17 @@ from gateway.protocol import (
 )
 from gateway.service import RerankService
 
-router = APIRouter(
-    responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
-)
+ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def scoped_router(scope: Scope | None) -> APIRouter:
+    return APIRouter(route_class=scoped_route_class(scope), responses=ERRORS)
+
+
+scored = scoped_router(Scope.SCORE)  # scoring and reading what is served
+admin = scoped_router(Scope.ADMIN)  # whatever changes the server's state
+metrics_scope = scoped_router(Scope.METRICS)  # open unless RERANKER_METRICS_REQUIRE_KEY
+public = scoped_router(PUBLIC)  # probes
 
 
 # Dependencies are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a
@@ -49,82 +60,88 @@ async def record(request: Request) -> RequestRecord:
     return request.state.record
 
 
-@router.post("/rerank", response_model=RerankPairResponse | RerankResponse | list[TeiRank],
+async def header_priority(
+    priority: int | None = Header(None, alias=PRIORITY_HEADER, ge=-(2**63), le=2**63 - 1,
+                                  description="The request's priority when the body has none (see `priority`)."),
+) -> int | None:
+    return priority
+
+
+def _priority(body_priority: int | None, header: int | None) -> int:
+    return body_priority if body_priority is not None else (header or 0)
+
+
+@scored.post("/rerank", response_model=RerankPairResponse | RerankResponse | list[TeiRank],
              response_model_exclude_none=True, tags=["rerank"])
-async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)):
+async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record),
+                 header: int | None = Depends(header_priority)):
     """The body decides the form: the seed's `{query, document}` -> `{score}`; TEI's `{query, texts}` -> TEI's
     sorted list of `{index, score, text?}`; the list form (`documents`) answers as /v1/rerank."""
+    priority = _priority(getattr(body, "priority", None), header)
     if isinstance(body, RerankPairRequest):
-        return RerankPairResponse(score=await svc.score_pair(body.query, body.document, stats))
+        return RerankPairResponse(score=await svc.score_pair(body.query, body.document, stats, priority))
     if isinstance(body, TeiRerankRequest):
-        return await svc.rerank_tei(body, stats)
-    return await svc.rerank(body, stats)
+        return await svc.rerank_tei(body, stats, priority)
+    return await svc.rerank(body, stats, priority)
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
-@router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
+@scored.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
+@scored.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
 async def rerank_documents(
-    body: RerankRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)
+    body: RerankRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record),
+    header: int | None = Depends(header_priority),
 ) -> RerankResponse:
     """Cohere v1 and v2, Jina, vLLM and Infinity rerank: one query, many documents, results sorted by relevance."""
-    return await svc.rerank(body, stats)
+    return await svc.rerank(body, stats, _priority(body.priority, header))
 
 
-@router.post("/v1/score", response_model=ScoreResponse, tags=["rerank"])
-@router.post("/score", response_model=ScoreResponse, tags=["rerank"])
-async def score(body: ScoreRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record)):
+@scored.post("/v1/score", response_model=ScoreResponse, tags=["rerank"])
+@scored.post("/score", response_model=ScoreResponse, tags=["rerank"])
+async def score(body: ScoreRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record),
+                header: int | None = Depends(header_priority)):
     """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, queries/documents or items, data_1/data_2)."""
-    return await svc.score(body, stats)
+    return await svc.score(body, stats, _priority(body.priority, header))
 
 
-@router.post("/switch_model", response_model=SwitchModelResponse, tags=["models"])
+@admin.post("/switch_model", response_model=SwitchModelResponse, tags=["models"])
 async def switch_model(body: SwitchModelRequest, svc: RerankService = Depends(service)) -> SwitchModelResponse:
     """Load a model, make it active once READY, then unload the previous one (unless keep_loaded)."""
     return await svc.switch_model(body.model_name, body.keep_loaded)
 
 
-@router.get("/models", response_model=ModelsResponse, tags=["models"])
+@scored.get("/models", response_model=ModelsResponse, tags=["models"])
 async def models(svc: RerankService = Depends(service)) -> ModelsResponse:
     return await svc.list_models()
 
 
-@router.get("/v1/models", response_model=OpenAIModelList, tags=["models"])
+@scored.get("/v1/models", response_model=OpenAIModelList, tags=["models"])
 async def openai_models(svc: RerankService = Depends(service)) -> OpenAIModelList:
     """The loaded models in OpenAI's list shape, as vLLM answers it."""
     return await svc.openai_models()
 
 
-@router.get("/health", response_model=HealthResponse, tags=["health"])
+@public.get("/health", response_model=HealthResponse, tags=["health"])
 async def health(svc: RerankService = Depends(service)) -> HealthResponse:
     """Liveness: answers 200 while the gateway runs, with Triton's state in the body."""
     return await svc.health()
 
 
-@router.get("/health/ready", response_model=HealthResponse, tags=["health"])
+@public.get("/health/ready", response_model=HealthResponse, tags=["health"])
 async def ready(svc: RerankService = Depends(service)):
     """Readiness: 200 only when Triton is live and the active model is READY."""
     report = await svc.health()
     return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
+@metrics_scope.get("/metrics", tags=["health"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this gateway (Triton exports its own on its metrics port)."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-async def peer_key(request: Request) -> None:
-    """Calls between gateways carry RERANKER_PEER_API_KEY when one is set."""
-    expected = request.app.state.settings.peer_api_key.get_secret_value()
-    if not expected:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-        raise GatewayError(ErrorKind.UNAUTHORIZED, "calls to /internal/ need 'Authorization: Bearer' with the "
-                                                   "peer key (RERANKER_PEER_API_KEY)")
-
-
-internal = APIRouter(prefix=INTERNAL_PREFIX, dependencies=[Depends(peer_key)], include_in_schema=False)
+# Calls between gateways (gateway.cluster): admin only, out of the public API and its schema. A gateway
+# sends RERANKER_PEER_API_KEY, which must be an admin key of the others when keys are configured.
+internal = APIRouter(prefix=INTERNAL_PREFIX, route_class=scoped_route_class(Scope.ADMIN), include_in_schema=False)
 
 
 def _cluster(svc: RerankService):
@@ -155,3 +172,8 @@ async def forwarded_switch(body: SwitchModelRequest, svc: RerankService = Depend
     """A /switch_model that reached another gateway; only the coordinator takes it."""
     _cluster(svc)
     return await svc.switch_model(body.model_name, body.keep_loaded, forwarded=True)
+
+
+router = APIRouter()
+for scoped in (scored, admin, metrics_scope, public, internal):
+    router.include_router(scoped)

@@ -17,6 +17,7 @@ import numpy as np
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import RequestRecord
 from gateway.model_manager import ModelManager
+from gateway.priority import RowBudget, is_bulk, triton_priority_level
 from gateway.protocol import (
     HealthResponse,
     ModelsResponse,
@@ -56,13 +57,15 @@ class RerankService:
         self.settings = settings
         self.cluster = cluster  # None: this gateway switches alone
         self.max_documents = settings.max_documents_per_request
+        self.bulk_rows = settings.bulk_rows_in_flight
+        self._bulk_budgets: dict[str, RowBudget] = {}  # per model
 
-    async def score_pair(self, query: str, document: str, record: RequestRecord) -> float:
+    async def score_pair(self, query: str, document: str, record: RequestRecord, priority: int = 0) -> float:
         async with self.models.lease() as model:
-            outputs = await self._score(model, [query], [document], record=record)
+            outputs = await self._score(model, [query], [document], record=record, priority=priority)
         return float(outputs.score[0])
 
-    async def rerank(self, body: RerankRequest, record: RequestRecord) -> RerankResponse:
+    async def rerank(self, body: RerankRequest, record: RequestRecord, priority: int = 0) -> RerankResponse:
         texts, warnings = _document_texts(body)
         self._check_count(len(texts), "documents")
         warnings += body.ignored_fields()
@@ -71,7 +74,7 @@ class RerankService:
             instruction = body.instruction if model.takes_instructions else None
             if body.instruction is not None and instruction is None:
                 warnings.append(f"instruction ignored: {model.name} is not a Qwen3 reranker")
-            outputs = await self._score(model, [body.query] * len(texts), texts, instruction, options, record)
+            outputs = await self._score(model, [body.query] * len(texts), texts, instruction, options, record, priority)
         if not body.truncate:
             _refuse_truncated(outputs, model, "documents", options)
         scores = outputs.raw_score if body.use_activation is False else outputs.score
@@ -101,13 +104,14 @@ class RerankService:
             meta=RerankMeta(truncated_documents=truncated, warnings=warnings),
         )
 
-    async def rerank_tei(self, body: TeiRerankRequest, record: RequestRecord) -> list[TeiRank]:
+    async def rerank_tei(self, body: TeiRerankRequest, record: RequestRecord, priority: int = 0) -> list[TeiRank]:
         """TEI's answer: a bare list, so its warnings travel only in the `x-warnings` header."""
         self._check_count(len(body.texts), "texts")
         warnings: list[str] = []
         async with self._lease(None, warnings) as model:
             options = self._options(None, model, len(body.texts), keep_end=body.truncation_direction.lower() == "left")
-            outputs = await self._score(model, [body.query] * len(body.texts), body.texts, None, options, record)
+            outputs = await self._score(model, [body.query] * len(body.texts), body.texts, None, options, record,
+                                         priority)
         if body.truncate is False:
             _refuse_truncated(outputs, model, "texts", options)
         scores = outputs.raw_score if body.raw_scores else outputs.score
@@ -115,12 +119,13 @@ class RerankService:
         return [TeiRank(index=i, score=float(scores[i]), text=body.texts[i] if body.return_text else None)
                 for i in _ranking(scores)]
 
-    async def score(self, body: ScoreRequest, record: RequestRecord) -> ScoreResponse:
+    async def score(self, body: ScoreRequest, record: RequestRecord, priority: int = 0) -> ScoreResponse:
         self._check_count(len(body.documents), "documents")
         warnings = body.ignored_fields()
         async with self._lease(body.model, warnings) as model:
             options = self._options(body, model, len(body.documents), keep_end=body.truncation_side == "left")
-            outputs = await self._score(model, body.queries, body.documents, options=options, record=record)
+            outputs = await self._score(model, body.queries, body.documents, options=options, record=record,
+                                         priority=priority)
         if not body.truncate:
             _refuse_truncated(outputs, model, "text_2", options)
         scores = outputs.raw_score if body.use_activation is False else outputs.score
@@ -185,6 +190,7 @@ class RerankService:
         instruction: str | None = None,
         options: PairOptions = PairOptions(),
         record: RequestRecord | None = None,
+        priority: int = 0,
     ) -> ScoreOutputs:
         if record is not None:
             record.model = model.name  # set first: a request that fails is still counted under its model
@@ -192,13 +198,20 @@ class RerankService:
         # with other clients' work. A chunked document stays one row: the model expands it into its windows
         # inside the batch, where the micro-batches' token budget bounds the memory they take.
         size = max(model.max_batch_size, 1)
+        level = triton_priority_level(model, priority)
+        budget = self._bulk_budget(model) if is_bulk(priority) else None
+        if budget is not None:  # two chunks fit the budget: one computing while the next waits in Triton's queue
+            size = min(size, max(budget.limit // 2, 1))
+
+        async def chunk(start: int) -> ScoreOutputs:
+            rows = (queries[start : start + size], documents[start : start + size])
+            if budget is None:
+                return await self.triton.score(model.name, *rows, instruction, options, priority_level=level)
+            async with budget.take(len(rows[1])):
+                return await self.triton.score(model.name, *rows, instruction, options, priority_level=level)
+
         try:
-            chunks = await asyncio.gather(
-                *(
-                    self.triton.score(model.name, queries[i : i + size], documents[i : i + size], instruction, options)
-                    for i in range(0, len(documents), size)
-                )
-            )
+            chunks = await asyncio.gather(*(chunk(i) for i in range(0, len(documents), size)))
         except GatewayError as exc:
             if exc.kind is ErrorKind.INVALID_REQUEST and options.max_tokens is not None:
                 # The only request-made limit a model can refuse: too few tokens for its template.
@@ -209,6 +222,14 @@ class RerankService:
         if record is not None:
             record.record_scores(outputs)
         return outputs
+
+    def _bulk_budget(self, model: ModelConfig) -> RowBudget | None:
+        if self.bulk_rows is None:
+            return None
+        budget = self._bulk_budgets.get(model.name)
+        if budget is None:
+            budget = self._bulk_budgets[model.name] = RowBudget(self.bulk_rows)
+        return budget
 
     async def switch_model(self, requested: str, keep_loaded: bool = False,
                            forwarded: bool = False) -> SwitchModelResponse:

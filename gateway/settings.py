@@ -3,6 +3,7 @@ variables (or given by the command line), validated at start-up."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -67,6 +68,12 @@ class GatewaySettings(BaseSettings):
     max_request_bytes: int = Field(
         64 * 2**20, ge=1024, description="Largest request body; leaves room for a 10 MB document, which is truncated."
     )
+    bulk_rows_in_flight: int | None = Field(
+        64, ge=1,
+        description="Most rows of bulk requests (priority > 0) at Triton at once, per model, in chunks no larger; "
+        "more wait in the gateway. Bounds the bulk work an interactive request finds ahead of it or in its batch "
+        "(gateway/priority.py). Unset: no bound, bulk fills whole batches.",
+    )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
     switch_coordinator: str = Field(
         "",
@@ -91,6 +98,32 @@ class GatewaySettings(BaseSettings):
     )
     peer_timeout_s: float = Field(2.0, gt=0, description="Deadline of one call between gateways (a switch's "
                                   "forwarding waits as long as the switch itself).")
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of API keys, one per line: '<key> <scopes> [<name>]' (README, Security). With no keys "
+        "from here or RERANKER_API_KEYS, every route is open and the gateway warns once at start-up.",
+    )
+    api_keys: SecretStr | None = Field(
+        None, description="API keys in the key file's format, entries separated by newlines or ';'."
+    )
+    metrics_require_key: bool = Field(
+        False, description="GET /metrics needs a key with the metrics (or admin) scope; open by default for Prometheus."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP endpoint the gateway's traces go to (http://collector:4318, or its /v1/traces URL); "
+        "tracing is off when unset.",
+    )
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of requests traced when no caller's traceparent decides (parent-based)."
+    )
+    service_name: str = Field("reranker-gateway", description="service.name of the gateway's traces.")
+
+    @field_validator("api_keys_file", "api_keys", "otlp_endpoint", "bulk_rows_in_flight", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        # Compose and Kubernetes set a variable to "" to switch a feature off.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("triton_url")
     @classmethod

@@ -134,7 +134,8 @@ class InferenceBackend(Protocol):
     async def model_config(self, model: str) -> ModelConfig: ...
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
-                    instruction: str | None = None, options: PairOptions = PairOptions()) -> ScoreOutputs: ...
+                    instruction: str | None = None, options: PairOptions = PairOptions(),
+                    timeout_s: float | None = None, priority_level: int = 0) -> ScoreOutputs: ...
 
     async def close(self) -> None: ...
 
@@ -203,6 +204,7 @@ class TritonBackend:
         instruction: str | None = None,
         options: PairOptions = PairOptions(),
         timeout_s: float | None = None,
+        priority_level: int = 0,
     ) -> ScoreOutputs:
         """Score rows of (query, document) in one Triton request.
 
@@ -210,6 +212,7 @@ class TritonBackend:
         query (and instruction) is repeated per row; the engine tokenizes it once.
         `timeout_s`: what is left of the request's deadline (a retry on another
         replica gets less than the first try); default the whole `request_timeout_s`.
+        `priority_level` is the dynamic batcher's (1 most urgent; 0: the model's default level).
         """
         timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
         inputs = [_strings(contract.INPUT_QUERY, queries), _strings(contract.INPUT_DOCUMENT, documents)]
@@ -228,6 +231,7 @@ class TritonBackend:
                 client_timeout=timeout_s,
                 timeout=max(int(timeout_s * 1e6), 1),
                 parameters=parameters,
+                priority=priority_level,
             )
         except InferenceServerException as exc:
             error = _translate(exc, f"scoring with {model}")

@@ -43,12 +43,15 @@ def _triton_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, TritonSettings, "tritonserver", "--tritonserver", type=Path)
     _flag(parser, TritonSettings, "triton_bind_address", "--triton-bind-address")
     _flag(parser, TritonSettings, "triton_config_name", "--triton-config-name")
+    _flag(parser, TritonSettings, "triton_trace_endpoint", "--triton-trace-endpoint")
 
 
 def _gateway_flags(parser: argparse.ArgumentParser, with_triton_url: bool) -> None:
     _flag(parser, GatewaySettings, "host", "--host")
     _flag(parser, GatewaySettings, "port", "--port", type=int)
     _flag(parser, GatewaySettings, "default_model", "--model")
+    _flag(parser, GatewaySettings, "api_keys_file", "--api-keys-file", type=Path)
+    _flag(parser, GatewaySettings, "otlp_endpoint", "--otlp-endpoint")
     if with_triton_url:
         _flag(parser, GatewaySettings, "triton_url", "--triton-url")
 
@@ -88,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     for client_mode in (rerank, evaluate):
         client_mode.add_argument("--url", default="http://localhost:8000", help="the gateway")
         client_mode.add_argument("--model", dest="model", help="a loaded model; default: the active one")
+        client_mode.add_argument("--api-key", default=os.environ.get("RERANKER_API_KEY"),
+                                 help="API key with the score scope [env RERANKER_API_KEY]")
     return parser
 
 
@@ -129,7 +134,7 @@ def _client_mode(args: argparse.Namespace) -> int:
     from client.evaluation import evaluate
 
     try:
-        with RerankerClient(args.url, timeout=600) as client:
+        with RerankerClient(args.url, timeout=600, api_key=args.api_key) as client:
             if args.mode == "eval":
                 result = evaluate(client, args.data, model=args.model).as_dict()
             else:
@@ -182,11 +187,14 @@ def _triton_invocation(settings: TritonSettings) -> tuple[list[str], dict[str, s
         log_verbose=settings.triton_log_verbose,
         bind_address=settings.triton_bind_address,
         config_name=resolve_config_name(settings.triton_config_name),
+        trace_endpoint=settings.triton_trace_endpoint or None,
+        trace_rate=settings.triton_trace_rate,
     )
     if not any(options.model_repository.glob("*/config.pbtxt")):
         raise SystemExit(f"{options.model_repository} holds no Triton models (set --model-repository)")
-    log.info("tritonserver %s, repository %s, models %s, listening on %s, model configs: %s", install.binary,
-             options.model_repository, options.models_dir, options.bind_address, options.config_name or "config.pbtxt")
+    log.info("tritonserver %s, repository %s, models %s, listening on %s, model configs: %s, traces: %s",
+             install.binary, options.model_repository, options.models_dir, options.bind_address,
+             options.config_name or "config.pbtxt", options.trace_endpoint or "off")
     return triton_command(install, options), triton_environment(install, options, dict(os.environ))
 
 
@@ -195,7 +203,10 @@ def _run_gateway(settings: GatewaySettings) -> int:
 
     from gateway.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # access_log=False: the gateway writes its own access line (gateway.access), with the trace id and the
+    # key's name, and never the key.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False)
     return 0
 
 

@@ -43,4 +43,13 @@ class TritonSettings(BaseSettings):
         "config.pbtxt. auto: 'gpu' when a GPU is visible, else none.",
     )
     triton_log_verbose: int = Field(0, ge=0, description="tritonserver --log-verbose level.")
+    triton_trace_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP endpoint for Triton's own OpenTelemetry traces (http://collector:4318, or its "
+        "/v1/traces URL); Triton's spans join the gateway's traces through the traceparent it sends. Off when unset.",
+    )
+    triton_trace_rate: int = Field(
+        1, ge=1, description="Triton traces one request in this many (its --trace-config rate), traced gateway "
+        "requests or not.",
+    )
     triton_startup_timeout_s: float = Field(180.0, gt=0, description="How long `serve` waits for Triton.")

@@ -111,6 +111,8 @@ class TritonOptions:
     log_verbose: int = 0
     bind_address: str = "127.0.0.1"
     config_name: str | None = None  # --model-config-name: configs/<name>.pbtxt where a model has one
+    trace_endpoint: str | None = None  # OTLP/HTTP collector for Triton's OpenTelemetry traces; None: off
+    trace_rate: int = 1
 
 
 def visible_gpus() -> int:
@@ -164,7 +166,25 @@ def triton_command(install: TritonInstall, options: TritonOptions) -> list[str]:
         command.append(f"--backend-directory={install.backend_dir}")
     if options.config_name:
         command.append(f"--model-config-name={options.config_name}")
+    if options.trace_endpoint:
+        command += trace_flags(options.trace_endpoint, options.trace_rate)
     return command
+
+
+def trace_flags(endpoint: str, rate: int) -> list[str]:
+    """Triton's OpenTelemetry tracing (`--trace-config mode=opentelemetry`): request timestamps as spans,
+    exported over OTLP/HTTP; a request whose gRPC metadata carries a W3C traceparent (the gateway's) is
+    traced as that span's child."""
+    url = endpoint.rstrip("/")
+    url = url if url.endswith("/v1/traces") else f"{url}/v1/traces"
+    return [
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=level=TIMESTAMPS",
+        f"--trace-config=rate={rate}",
+        "--trace-config=count=-1",
+        f"--trace-config=opentelemetry,url={url}",
+        "--trace-config=opentelemetry,resource=service.name=triton",
+    ]
 
 
 def triton_environment(install: TritonInstall, options: TritonOptions, base: dict[str, str]) -> dict[str, str]:

@@ -84,16 +84,23 @@ def _environment(service: dict) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
-def _ports(service: dict) -> list[tuple[int, int]]:
-    """(published, target) pairs, from the long syntax that `config` prints or "a:b" strings."""
-    pairs = []
+def _published(service: dict) -> list[tuple[str, int, int]]:
+    """(host address, published, target) of each port, from the long syntax that `config` prints or
+    "[ip:]a:b[/proto]" strings; the address is "" where the port is published on every interface."""
+    ports = []
     for port in service.get("ports") or []:
         if isinstance(port, dict):
-            pairs.append((int(port["published"]), int(port["target"])))
+            ports.append((port.get("host_ip", ""), int(port["published"]), int(port["target"])))
         else:
             published, _, target = str(port).rpartition(":")
-            pairs.append((int(published.rpartition(":")[2]), int(target.split("/")[0])))
-    return pairs
+            host_ip, _, published = published.rpartition(":")
+            ports.append((host_ip, int(published), int(target.split("/")[0])))
+    return ports
+
+
+def _ports(service: dict) -> list[tuple[int, int]]:
+    """(published, target) pairs."""
+    return [(published, target) for _, published, target in _published(service)]
 
 
 def _volumes(service: dict) -> list[tuple[str, str, bool]]:
@@ -110,7 +117,7 @@ def _volumes(service: dict) -> list[tuple[str, str, bool]]:
 
 
 def test_compose_file_validates_and_has_the_serving_and_monitoring_services(services):
-    assert set(services) == {"triton", "gateway", "prometheus", "grafana"}
+    assert set(services) == {"triton", "gateway", "prometheus", "grafana", "jaeger"}
     assert services["triton"]["build"]["target"] == "triton"
     assert services["gateway"]["build"]["target"] == "gateway"
     for name, service in services.items():
@@ -143,11 +150,19 @@ def test_weights_are_mounted_read_only_where_the_image_looks_for_them(services):
     assert _dockerfile_env("triton").get("RERANKER_MODELS_DIR") == MODELS_IN_IMAGE
 
 
-def test_triton_service_publishes_its_ports_and_has_a_health_check(services):
+def test_only_the_gateway_is_open_to_the_network(services):
+    # Triton's repository API can unload any model: only the gateway talks to it, over the compose network.
+    assert not services["triton"].get("ports"), f"Triton publishes {services['triton']['ports']}"
+    for name, service in services.items():
+        for host_ip, published, _ in _published(service):
+            if name == "gateway":
+                assert published == 8000
+            else:  # the monitoring UIs ask for no login: the host's loopback only
+                assert host_ip == "127.0.0.1", f"{name} publishes {published} on every interface"
+
+
+def test_triton_service_has_a_health_check(services):
     triton = services["triton"]
-    ports = dict(_ports(triton))
-    for port in (8100, 8101, 8102):
-        assert ports.get(port) == port, f"Triton port {port} not published: {triton.get('ports')}"
     test = triton.get("healthcheck", {}).get("test", "")
     check = " ".join(test) if isinstance(test, list) else test
     assert re.search(r"(localhost|127\.0\.0\.1):8100/v2/health/(ready|live)", check), f"health check: {check!r}"
@@ -175,6 +190,25 @@ def test_gateway_reaches_triton_on_its_grpc_port(services):
     assert host == "triton", "the gateway must address Triton by its compose service name"
     assert int(port) == grpc_port, f"gateway uses port {port}, Triton serves gRPC on {grpc_port}"
     assert grpc_port in [target for _, target in _ports(triton)] or grpc_port in _dockerfile_exposed("triton")
+
+
+def test_traces_go_to_jaeger_unless_switched_off():
+    services = compose_config()["services"]
+    gateway, triton = _environment(services["gateway"]), _environment(services["triton"])
+    assert gateway["RERANKER_OTLP_ENDPOINT"] == "http://jaeger:4318"  # Jaeger's OTLP/HTTP receiver
+    assert triton["RERANKER_TRITON_TRACE_ENDPOINT"] == "http://jaeger:4318"
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert ("127.0.0.1", 16686, 16686) in _published(services["jaeger"])
+    off = compose_config(RERANKER_OTLP_ENDPOINT="", RERANKER_TRITON_TRACE_ENDPOINT="")["services"]
+    assert _environment(off["gateway"])["RERANKER_OTLP_ENDPOINT"] == ""
+    assert GatewaySettings(otlp_endpoint="").otlp_endpoint is None  # empty is off
+    assert TritonSettings(triton_trace_endpoint="").triton_trace_endpoint in ("", None)
+
+
+def test_api_keys_pass_through_from_the_environment():
+    services = compose_config(RERANKER_API_KEYS="sk-compose-0123456789abcdef score")["services"]
+    assert _environment(services["gateway"])["RERANKER_API_KEYS"] == "sk-compose-0123456789abcdef score"
+    assert _environment(compose_config()["services"]["gateway"])["RERANKER_API_KEYS"] == ""
 
 
 def test_default_model_is_bge_and_configurable():

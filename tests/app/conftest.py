@@ -13,8 +13,8 @@ from gateway.settings import GatewaySettings
 
 
 @contextlib.asynccontextmanager
-async def in_process(settings: GatewaySettings):
-    app = create_app(settings)
+async def in_process(settings: GatewaySettings, tracer_provider=None):
+    app = create_app(settings, tracer_provider=tracer_provider)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=300) as client:

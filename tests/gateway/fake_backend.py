@@ -32,6 +32,7 @@ class FakeTriton:
         self.hold_scoring: asyncio.Event | None = None  # while set and not released, score() waits
         self.score_error: GatewayError | None = None  # score() fails with it (after being counted)
         self.events: list[tuple[str, str]] = []  # ("load" | "unload" | "score", model), in order
+        self.priority_levels: list[int] = []  # the dynamic-batcher level of each score call, in order
         self.loading_now = 0
         self.most_loading_at_once = 0
         self.scored = 0  # requests answered
@@ -95,13 +96,14 @@ class FakeTriton:
 
     async def score(self, model: str, queries: Sequence[str], documents: Sequence[str],
                     instruction: str | None = None, options: PairOptions = PairOptions(),
-                    timeout_s: float | None = None) -> ScoreOutputs:
+                    timeout_s: float | None = None, priority_level: int = 0) -> ScoreOutputs:
         self._require_live()
         if self.states.get(model) != "READY":
             raise GatewayError(ErrorKind.MODEL_NOT_READY, f"Request for unknown model: '{model}' is not found")
         self.events.append(("score", model))
         if self.score_error is not None:
             raise self.score_error
+        self.priority_levels.append(priority_level)
         if self.hold_scoring is not None:
             crashed = self._crashed
             held = asyncio.ensure_future(self.hold_scoring.wait())

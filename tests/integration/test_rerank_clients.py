@@ -70,6 +70,35 @@ def test_cohere_sdk_rerank(gateway):
     assert scores == pytest.approx([singles[i] for i in best], abs=1e-6)
 
 
+API_KEY = "sk-cohere-sdk-45c48cce2e2d7fbdea1afc51c7c6ad26"
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(triton, tmp_path_factory):
+    log = tmp_path_factory.mktemp("keyed") / "gateway.log"
+    process = stack.start_gateway(triton.ports["grpc"], log, model="bge",
+                                  env={"RERANKER_API_KEYS": f"{API_KEY} score cohere-sdk"})
+    yield process
+    stack.stop(process.process)
+
+
+def test_cohere_sdk_with_a_real_key_and_a_wrong_one(keyed_gateway):
+    # The SDK sends its api_key as `Authorization: Bearer <key>`, which is what the gateway checks.
+    co = cohere.ClientV2(api_key=API_KEY, base_url=keyed_gateway.url())
+    answer = co.rerank(model="bge", query=QUERY, documents=DOCUMENTS, top_n=2)
+    with RerankerClient(keyed_gateway.url(), api_key=API_KEY) as client:
+        best = client.rerank_documents(QUERY, DOCUMENTS, top_n=2)["results"]
+    assert [r.index for r in answer.results] == [r["index"] for r in best]
+    assert [r.relevance_score for r in answer.results] == pytest.approx([r["relevance_score"] for r in best], abs=1e-6)
+    wrong = cohere.ClientV2(api_key=API_KEY[:-1] + "0", base_url=keyed_gateway.url())
+    with pytest.raises(cohere.errors.UnauthorizedError) as refused:
+        wrong.rerank(model="bge", query=QUERY, documents=DOCUMENTS)
+    assert refused.value.status_code == 401 and refused.value.body["error_type"] == "invalid_api_key"
+    assert refused.value.headers["www-authenticate"].startswith("Bearer")
+    assert API_KEY not in keyed_gateway.log.read_text()  # neither key is ever logged
+    assert API_KEY[:-1] not in keyed_gateway.log.read_text()
+
+
 def test_hundred_documents_score_like_hundred_single_pairs(gateway):
     documents = [f"{DOCUMENTS[i % 5]} (variant {i}, {'extra words ' * (i % 9)})" for i in range(100)]
     co = cohere.ClientV2(api_key="unused", base_url=gateway.url())

@@ -59,3 +59,13 @@ def test_only_bge_has_a_gpu_variant_and_it_differs_in_instances_alone():
     gpu = ModelConfig.from_pbtxt(REPO_ROOT / "model_repository/bge-reranker-base/configs/gpu.pbtxt")
     assert cpu.instance_count == 1 < gpu.instance_count  # a CPU server keeps one model copy
     assert os.path.basename(gpu.weights_path) == os.path.basename(cpu.weights_path)
+
+
+def test_triton_traces_only_when_given_an_endpoint():
+    install = TritonInstall(Path("/bin/tritonserver"), None)
+    assert not any(arg.startswith("--trace-config") for arg in triton_command(install, OPTIONS))
+    traced = TritonOptions(Path("/repo"), Path("/models"), 1, 2, 3, trace_endpoint="http://jaeger:4318/", trace_rate=10)
+    flags = [arg for arg in triton_command(install, traced) if arg.startswith("--trace-config")]
+    assert flags == ["--trace-config=mode=opentelemetry", "--trace-config=level=TIMESTAMPS", "--trace-config=rate=10",
+                     "--trace-config=count=-1", "--trace-config=opentelemetry,url=http://jaeger:4318/v1/traces",
+                     "--trace-config=opentelemetry,resource=service.name=triton"]

@@ -1,0 +1,111 @@
+"""Request priority without a server: vLLM's priority as the shipped models'
+Triton levels, the queue policy of every level in every config, and the bulk
+row budget; the service sends the level and holds bulk chunks to the budget."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from gateway.metrics import RequestRecord
+from gateway.priority import RowBudget, triton_priority_level
+from gateway.protocol import RerankRequest
+from gateway.service import RerankService
+from rerank_engine.model_config import ModelConfig
+from tests.gateway.fake_backend import FakeTriton
+from tests.gateway.test_model_manager import started
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+CONFIGS = sorted([*REPOSITORY.glob("*/config.pbtxt"), *REPOSITORY.glob("*/configs/*.pbtxt")])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPOSITORY)))
+def test_every_config_has_three_levels_each_with_a_queue_policy(path):
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    batching = config.dynamic_batching
+    assert batching.priority_levels == 3 and batching.default_priority_level == 2
+    assert sorted(batching.priority_queue_policy) == [1, 2, 3]
+    for level, policy in batching.priority_queue_policy.items():
+        # Each level still drops a request whose deadline passed in the queue (the gateway sends its deadline).
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+        assert 0 < policy.max_queue_size <= batching.default_queue_policy.max_queue_size, level
+    assert batching.priority_queue_policy[1].max_queue_size < batching.priority_queue_policy[3].max_queue_size
+
+
+@pytest.mark.parametrize(("priority", "level"), [(0, 0), (-1, 1), (-100, 1), (1, 3), (7, 3), (2**63 - 1, 3)])
+def test_vllm_priority_to_the_shipped_levels(priority, level):
+    # vLLM: lower is served first, 0 normal; Triton: level 1 most urgent, 0 means the model's default (2 here).
+    model = ModelConfig.from_pbtxt(REPOSITORY / "bge-reranker-base" / "config.pbtxt")
+    assert triton_priority_level(model, priority) == level
+
+
+def test_a_model_without_levels_takes_every_priority_at_its_one_level():
+    model = ModelConfig(name="m", max_batch_size=8, max_queue_delay_us=0, inputs=())
+    assert {triton_priority_level(model, p) for p in (-5, 0, 5)} == {0}
+
+
+@pytest.mark.anyio
+async def test_the_budget_holds_rows_beyond_its_limit_in_arrival_order():
+    budget = RowBudget(8)
+    order, release = [], asyncio.Event()
+
+    async def hold(name: str, rows: int) -> None:
+        async with budget.take(rows):
+            order.append(name)
+            await release.wait()
+
+    first = asyncio.create_task(hold("a", 6))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(hold("big", 4)), asyncio.create_task(hold("small", 1))]
+    await asyncio.sleep(0.01)
+    assert order == ["a"] and budget.used == 6 and budget.waiting_rows == 5  # "small" fits but is not first
+    release.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["a", "big", "small"] and budget.used == 0
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_gives_back_nothing_it_did_not_get():
+    budget = RowBudget(4)
+    release = asyncio.Event()
+
+    async def hold(rows: int) -> None:
+        async with budget.take(rows):
+            await release.wait()
+
+    first = asyncio.create_task(hold(4))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(hold(2))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    await first
+    assert budget.used == 0 and budget.waiting_rows == 0
+    async with budget.take(100):  # larger than the limit: taken as the whole budget, never a deadlock
+        assert budget.used == 4
+
+
+@pytest.mark.anyio
+async def test_the_service_sends_the_level_and_holds_bulk_to_the_budget():
+    triton = FakeTriton("a")
+    triton.configs["a"] = ModelConfig(name="a", max_batch_size=8, max_queue_delay_us=0, inputs=(),
+                                      parameters={"scorer": "cross_encoder"}, priority_levels=3,
+                                      default_priority_level=2)
+    models = await started(triton)
+    service = RerankService(triton, models, models.settings.model_copy(update={"bulk_rows_in_flight": 4}))
+    body = RerankRequest(query="q", documents=[f"d{i}" for i in range(8)])
+    await service.rerank(body, RequestRecord(), priority=-1)
+    assert triton.priority_levels == [1]  # 8 rows: one chunk of max_batch_size
+    triton.priority_levels.clear()
+    triton.hold_scoring = asyncio.Event()
+    bulk = asyncio.create_task(service.rerank(body, RequestRecord(), priority=1))
+    await asyncio.sleep(0.01)
+    assert service._bulk_budgets["a"].used == 4 and triton.priority_levels == [3, 3]  # two 2-row chunks at Triton
+    triton.hold_scoring.set()
+    response = await bulk
+    assert len(response.results) == 8 and triton.priority_levels == [3] * 4

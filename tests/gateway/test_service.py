@@ -22,8 +22,8 @@ async def test_a_nan_score_is_an_error_naming_the_model_and_the_pair():
     service = RerankService(triton, models, models.settings)
     real_score = triton.score
 
-    async def broken(model, queries, documents, *args):
-        outputs = await real_score(model, queries, documents, *args)
+    async def broken(model, queries, documents, *args, **kwargs):
+        outputs = await real_score(model, queries, documents, *args, **kwargs)
         outputs.score[1] = np.nan
         return outputs
 

@@ -34,7 +34,7 @@ MAX_EXAMPLES = int(os.environ.get("RERANKER_FUZZ_EXAMPLES", "40"))
 """Generated cases per operation, besides the schema's examples and coverage cases; the default keeps the
 module near a minute on 2 cores."""
 
-ERROR_KEYS = {"error", "error_type", "field"}
+ERROR_KEYS = {"error", "error_type", "field", "detail"}  # detail: the message again, for FastAPI and Jina clients
 GUARD_STATUSES = {413, 415, 429}
 """Answered by gateway/guards.py before any route, and in README's error table, but not in the OpenAPI."""
 SCORING = ("POST /rerank", "POST /v1/rerank", "POST /v2/rerank", "POST /v1/score")

@@ -54,7 +54,7 @@ BURST = 4 * MAX_IN_FLIGHT
 TOLERANCE = 1e-5
 MODELS = ("minilm-l6", "bge-reranker-base")
 OUTAGE_ERRORS = {"backend_unavailable", "model_not_ready", "no_active_model", "model_load_failed"}
-ERROR_KEYS = {"error", "error_type", "field"}
+ERROR_KEYS = {"error", "error_type", "field", "detail"}  # detail: the message again, for FastAPI and Jina clients
 
 QUERIES = ["what do giant pandas eat?", "今天天气如何？", "capital of France 🇫🇷"]
 DOCUMENTS = [

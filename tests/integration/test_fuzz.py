@@ -46,7 +46,7 @@ KEYS = {"admin": "sk-fuzz-admin-0123456789abcdef0123", "score": "sk-fuzz-score-0
 ADMIN = {"Authorization": f"Bearer {KEYS['admin']}"}  # the spelling schemathesis's ignored_auth check removes
 SCOPES = {f"{method} {matched.path}": auth.AccessPolicy(GatewaySettings()).needed(declared)
           for matched, declared in auth.flat_routes(create_app(GatewaySettings()).routes)
-          for method in (matched.methods or ())}
+          for method in (getattr(matched, "methods", None) or ())}  # a Mount (static files) has none
 """The scope each operation needs, from the routes' own declarations."""
 
 

@@ -39,7 +39,9 @@ KILL_AFTER, JOIN_AFTER = 4, 10
 NAME = "triton.reranker.test"
 ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 JOINER = "127.0.0.5"
-PEER_KEY = "peer-secret"
+PEER_KEY = "peer-secret-7f3a9c21e5"  # an admin key: what peer calls under /internal/ need once API keys are on
+CLIENT_KEY = "client-secret-4b8d02e6f1"  # a score key: scoring only
+API_KEYS = f"{PEER_KEY} admin peers; {CLIENT_KEY} score clients"
 MODELS = {"minilm-l6": "minilm", "bge-reranker-base": "bge"}
 QUERY = "what do giant pandas eat?"
 DOCUMENTS = ["Giant pandas eat bamboo.", "The stock market closed higher.", "Pandas are bears from China.",
@@ -76,7 +78,8 @@ async def test_switches_kills_and_joins_across_replicas_fail_nothing(repository,
         gateway_ports = free_ports(2)
         urls = [f"http://127.0.0.1:{port}" for port in gateway_ports]
         cluster_env = {"RERANKER_SWITCH_COORDINATOR": urls[0], "RERANKER_GATEWAY_PEERS": ",".join(urls),
-                       "RERANKER_PEER_API_KEY": PEER_KEY, "RERANKER_TRITON_RESOLVE_INTERVAL_S": "1"}
+                       "RERANKER_PEER_API_KEY": PEER_KEY, "RERANKER_API_KEYS": API_KEYS,
+                       "RERANKER_TRITON_RESOLVE_INTERVAL_S": "1"}
         gateways = [stack.start_gateway(triton_url, tmp_path / f"gateway-{i}.log", model="minilm", port=port,
                                         env={**cluster_env, "RERANKER_ADVERTISED_URL": url}, wait=False)
                     for i, (port, url) in enumerate(zip(gateway_ports, urls))]
@@ -99,9 +102,13 @@ async def _run(urls, expected, tritons, repository, models_dir, ports, records, 
     stop = asyncio.Event()
     served_before: dict[str, int] = {}
 
-    async with httpx.AsyncClient(timeout=600, trust_env=False) as http:
-        refused = await http.get(f"{urls[1]}/internal/cluster")
-        assert refused.status_code == 401 and refused.json()["error_type"] == "unauthorized"
+    client_key = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    async with httpx.AsyncClient(timeout=600, trust_env=False, headers=client_key) as http:
+        # Peer calls are admin-only: no key is 401, a scoring key 403.
+        refused = await http.get(f"{urls[1]}/internal/cluster", headers={"Authorization": ""})
+        assert refused.status_code == 401 and refused.json()["error_type"] == "missing_api_key"
+        forbidden = await http.get(f"{urls[1]}/internal/cluster")
+        assert forbidden.status_code == 403 and forbidden.json()["error_type"] == "insufficient_scope"
 
         async def client(seed: int) -> None:
             rng = random.Random(seed)
@@ -170,7 +177,8 @@ async def _run(urls, expected, tritons, repository, models_dir, ports, records, 
                 # Every fourth switch goes through both gateways at once: queued at the coordinator, both succeed.
                 through = urls if switches % 4 == 3 else [urls[switches % 2]]
                 body = {"model_name": MODELS[target], "keep_loaded": keep}
-                answers = await asyncio.gather(*(http.post(f"{url}/switch_model", json=body) for url in through))
+                answers = await asyncio.gather(*(http.post(f"{url}/switch_model", json=body, headers=peer)
+                                                 for url in through))
                 assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
                 assert {a.json()["model"] for a in answers} == {target}
                 # The gateway that answered serves the new model already; so does the other, within the bound.

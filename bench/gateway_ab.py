@@ -12,6 +12,7 @@ gateway's own share (`x-total-time` minus Triton's queue and inference time).
 
   reranker triton --models-dir models &          # or any running Triton with the model
   python -m bench.gateway_ab --triton-url 127.0.0.1:8101 --model bge --baseline HEAD~1
+  python -m bench.gateway_ab ... --docs 100 --requests 100 --warmup 10   # RAG-sized requests
 
 `--variant` adds working-tree gateways with other settings, taken in the same
 turns: `--variant traced:otlp_endpoint=http://127.0.0.1:4318` (tracing on,
@@ -45,14 +46,19 @@ def gateway_at(revision: str, folder: Path) -> str:
     """The `gateway` package at `revision`, unpacked as `gateway_<sha>` under `folder`; its import name."""
     sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=REPO_ROOT, check=True,
                          capture_output=True, text=True).stdout.strip()
-    name = f"gateway_{sha}"
-    archive = subprocess.run(["git", "archive", revision, "gateway"], cwd=REPO_ROOT, check=True,
+    name, engine = f"gateway_{sha}", f"rerank_engine_{sha}"
+    # The engine's torch-free modules the gateway imports (contract, catalog, model_config) come from the same
+    # revision: a gateway asks Triton for the outputs its own contract names.
+    archive = subprocess.run(["git", "archive", revision, "gateway", "rerank_engine"], cwd=REPO_ROOT, check=True,
                              capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     (folder / "gateway").rename(folder / name)
-    for module in (folder / name).glob("*.py"):
-        module.write_text(re.sub(r"\bgateway\.", f"{name}.", module.read_text()))
+    (folder / "rerank_engine").rename(folder / engine)
+    (folder / engine / "__init__.py").write_text("")  # the package's own __init__ may import torch
+    for module in [*(folder / name).glob("*.py"), *(folder / engine).glob("*.py")]:
+        text = re.sub(r"\bgateway\.", f"{name}.", module.read_text())
+        module.write_text(re.sub(r"\brerank_engine\b", engine, text))
     return name
 
 
@@ -68,6 +74,10 @@ async def client_for(create_app, settings):
 async def measure(args: argparse.Namespace, versions: dict[str, tuple]) -> dict[str, dict]:
     samples = {label: {"client_ms": [], "own_ms": []} for label in versions}
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    # --docs N: one request of N distinct short documents, the shape of a RAG query (the per-document work of
+    # parsing, validation, the Triton request and the response grows with N; the scoring is taken out).
+    body = BODY if args.docs == 1 else {"query": BODY["query"],
+                                        "documents": [f"{BODY['documents'][0]} ({i})" for i in range(args.docs)]}
     async with contextlib.AsyncExitStack() as stack:
         clients = {}
         for label, (create_app, settings_cls, extra) in versions.items():
@@ -76,7 +86,7 @@ async def measure(args: argparse.Namespace, versions: dict[str, tuple]) -> dict[
         for round_ in range(args.warmup + args.requests):
             for label, client in clients.items():
                 started = time.perf_counter()
-                response = await client.post("/v1/rerank", json=BODY, headers=headers)
+                response = await client.post("/v1/rerank", json=body, headers=headers)
                 elapsed = 1000 * (time.perf_counter() - started)
                 response.raise_for_status()
                 if round_ < args.warmup:
@@ -103,6 +113,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="HEAD", help="git revision of the gateway to compare against")
     parser.add_argument("--requests", type=int, default=1000, help="per version")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--docs", type=int, default=1, help="documents per request (default: single pairs)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:SETTING=VALUE[,SETTING=VALUE]",
                         help="another working-tree gateway with these settings (repeatable)")
     parser.add_argument("--api-key", help="sent with every request (for variants with api_keys)")

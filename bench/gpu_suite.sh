@@ -45,6 +45,16 @@ for name in "$@"; do
         step "bge-instances-$n" 150 "${one_gpu[@]}" "${bench[@]}" bge --ways c --instances "$n" --concurrency 1 64 \
           --single-pair-requests 30 --out "$RESULTS/bge-instances-$n"
       done ;;
+    bge-mps)  # the bge-instances runs again under CUDA MPS (a user-space daemon; the GPU's settings stay as they are)
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+      CUDA_VISIBLE_DEVICES=0 nvidia-cuda-mps-control -d && echo "=== MPS daemon started" | tee -a "$RESULTS/suite.log"
+      for n in ${INSTANCES:-3 4}; do
+        step "bge-mps-$n" 150 "${one_gpu[@]}" "${bench[@]}" bge --ways c --instances "$n" --concurrency 1 64 \
+          --single-pair-requests 30 --out "$RESULTS/bge-mps-$n"
+      done
+      echo quit | nvidia-cuda-mps-control
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     bge-ways|qwen4b-ways|qwen8b-ways)  # (b), (c) as shipped (configs/gpu.pbtxt for bge), and (d), on one GPU
       model=${name%-ways}
       step "$name-bc" 420 "${one_gpu[@]}" "${bench[@]}" "$model" --ways b c --concurrency 1 8 64 --single-pair-requests 30 \
@@ -56,6 +66,14 @@ for name in "$@"; do
     bge-2gpu)  # (c) as shipped on two GPUs: the instances of configs/gpu.pbtxt on each
       step bge-2gpu 200 "${bench[@]}" bge --ways c --concurrency 64 256 --single-pair-requests 0 \
         --out "$RESULTS/bge-2gpu" ;;
+    scaleout)  # issue 12: one GPU, one Triton on both, one Triton per GPU behind one gateway ($SCALEOUT models)
+      # shellcheck disable=SC2086
+      step scaleout 560 python -m bench.scaleout ${SCALEOUT:-qwen4b bge} --random-weights --models-dir "$MODELS" \
+        --tokenizers "$TOKENIZERS" --concurrency ${SCALEOUT_CONCURRENCY:-64 256} --duration "$DURATION" \
+        --out "$RESULTS/scaleout" ;;
+    priority)  # issue 17: interactive single-pair probes while bulk clients saturate bge, on one GPU
+      step priority 300 "${one_gpu[@]}" python -m bench.priority --serve "${PRIORITY_MODEL:-bge}" --models-dir "$MODELS" \
+        --low-concurrency 32 --low-documents 64 --out "$RESULTS/priority/priority.json" ;;
     memory)  # bge's shipped instances and Qwen3-8B loaded together, under load and the heaviest batches
       step memory 300 "${one_gpu[@]}" python -m bench.memory_check --models-dir "$MODELS" bge-reranker-base \
         qwen3-reranker-8b --duration 30 --limit-gib 60 --out "$RESULTS/memory" ;;

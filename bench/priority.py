@@ -17,6 +17,7 @@ shared machine runs weighs on both sides of each comparison alike.
   reranker serve &                                   # or any gateway; the model must be loaded
   python -m bench.priority --url http://127.0.0.1:8000 --model bge --low-concurrency 16 \
       --low-documents 64 --out priority.json
+  python -m bench.priority --serve bge --models-dir /tmp/models ...   # starts its own stack, stops it after
 
 Prints one summary line and writes the whole result as JSON (`--out`).
 """
@@ -169,15 +170,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=2.0, help="load before a round's first probe")
     parser.add_argument("--rounds", type=int, default=5, help="idle and loaded measurements, alternated")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--serve", metavar="MODEL",
+                        help="start `reranker serve` with this model on free loopback ports instead of --url")
+    parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("RERANKER_MODELS_DIR", "models")),
+                        help="with --serve: the weights folder")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.url, args.api_key, args.model, args.low_concurrency, args.low_documents,
-                             args.probes, args.warmup_s, args.rounds))
+    serve = None
+    if args.serve:
+        from bench.e2e import ServeProcess
+        from bench.models import MODEL_REPOSITORY, resolve
+
+        name = resolve(args.serve).name
+        log_path = (args.out.parent if args.out else Path(".")) / "priority-serve.log"
+        serve = ServeProcess(MODEL_REPOSITORY, args.models_dir, name, log_path, timeout_s=900)
+        args.url, args.model = serve.url, args.model or name
+    try:
+        result = asyncio.run(run(args.url, args.api_key, args.model, args.low_concurrency, args.low_documents,
+                                 args.probes, args.warmup_s, args.rounds))
+    finally:
+        if serve is not None:
+            serve.stop()
     print(f"priority: idle p50 {result['idle']['p50_ms']} ms; under load ({args.low_concurrency} bulk clients x "
           f"{args.low_documents} documents, {result['bulk_pairs_per_s']} pairs/s) interactive p50 "
           f"{result['interactive_under_load']['p50_ms']} ms ({result['interactive_vs_idle_p50']}x idle), same-priority "
           f"p50 {result['same_priority_under_load']['p50_ms']} ms ({result['same_vs_idle_p50']}x idle); "
           f"rounds {result['round_ratios']}, median {result['median_round_ratio']}x: within 2x: {result['within_2x']}")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

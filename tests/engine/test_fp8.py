@@ -197,6 +197,29 @@ def test_quantize_linears_replaces_linear_layers_and_keeps_the_rest(qwen_dir):
         quantize_linears(nn.Linear(4, 4))
 
 
+def test_quantize_linears_frees_each_full_precision_layer_before_the_next(qwen_dir, monkeypatch):
+    # With a device, each layer is moved there in full precision, then quantized: a replaced layer that stays
+    # referenced until the loop ends means the device holds the whole full-precision model at once.
+    import gc
+    import weakref
+
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+    replaced: list[weakref.ref] = []
+    alive_at_each_step: list[int] = []
+    original = Fp8Linear.from_linear.__func__
+
+    def recording(cls, linear, fast_accum=False):
+        gc.collect()
+        alive_at_each_step.append(sum(ref() is not None for ref in replaced))
+        replaced.append(weakref.ref(linear))
+        return original(cls, linear, fast_accum)
+
+    monkeypatch.setattr(Fp8Linear, "from_linear", classmethod(recording))
+    quantize_linears(model, skip=("lm_head",), device=torch.device("cpu"))
+    assert len(alive_at_each_step) == model.config.num_hidden_layers * 7
+    assert max(alive_at_each_step) == 0, alive_at_each_step
+
+
 def test_fp8_tiny_qwen3_scores_stay_within_the_bf16_deviation_scaled_to_e4m3(qwen_dir):
     """The tiny Qwen3 with every projection in FP8, against float32, next to the engine's bf16.
 

@@ -184,6 +184,7 @@ async def test_chunking_limits(api):
     assert "over the limit of 10000 chunks per request" in too_many.json()["error"]
 
 
+@pytest.mark.slow
 async def test_chunking_by_default_and_through_the_fan_out(triton, repository, models_dir):
     # minilm's max_batch_size is 256: 260 documents go to Triton as two requests, each chunked there.
     settings = GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm",

@@ -81,6 +81,7 @@ async def test_raw_scores_on_request(api):
     assert all(r["raw_score"] == pytest.approx(r["relevance_score"]) for r in body["results"])  # cosine: raw = score
 
 
+@pytest.mark.slow
 async def test_fan_out_scores_like_single_pairs(api):
     # bge's max_batch_size is 256: 300 documents go to Triton as two concurrent requests.
     await api.post("/switch_model", json={"model_name": "bge", "keep_loaded": True})

@@ -200,7 +200,6 @@ def test_quantize_linears_replaces_linear_layers_and_keeps_the_rest(qwen_dir):
 def test_quantize_linears_frees_each_full_precision_layer_before_the_next(qwen_dir, monkeypatch):
     # With a device, each layer is moved there in full precision, then quantized: a replaced layer that stays
     # referenced until the loop ends means the device holds the whole full-precision model at once.
-    import gc
     import weakref
 
     model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
@@ -209,7 +208,6 @@ def test_quantize_linears_frees_each_full_precision_layer_before_the_next(qwen_d
     original = Fp8Linear.from_linear.__func__
 
     def recording(cls, linear, fast_accum=False):
-        gc.collect()
         alive_at_each_step.append(sum(ref() is not None for ref in replaced))
         replaced.append(weakref.ref(linear))
         return original(cls, linear, fast_accum)

@@ -35,24 +35,28 @@ step() {  # step NAME SECONDS COMMAND...: run it with a limit, log it, never sto
 
 one_gpu=(env CUDA_VISIBLE_DEVICES=0)
 
+bge_instances() {  # bge_instances PREFIX N...: (c) at each Triton instance count on one GPU, as PREFIX-N
+  local prefix=$1 n; shift
+  for n in "$@"; do
+    step "$prefix-$n" 150 "${one_gpu[@]}" "${bench[@]}" bge --ways c --instances "$n" --concurrency 1 64 \
+      --single-pair-requests 30 --out "$RESULTS/$prefix-$n"
+  done
+}
+
 for name in "$@"; do
   case "$name" in
     models)  # random-weight models of the real sizes, with the real tokenizers
       # shellcheck disable=SC2086
       step models 400 python -m bench.random_models --models-dir "$MODELS" --tokenizers "$TOKENIZERS" $BUILD ;;
     bge-instances)  # (c) at $INSTANCES Triton instances on one GPU, side by side in one suite run
-      for n in ${INSTANCES:-1 2 3 4}; do
-        step "bge-instances-$n" 150 "${one_gpu[@]}" "${bench[@]}" bge --ways c --instances "$n" --concurrency 1 64 \
-          --single-pair-requests 30 --out "$RESULTS/bge-instances-$n"
-      done ;;
+      # shellcheck disable=SC2086
+      bge_instances bge-instances ${INSTANCES:-1 2 3 4} ;;
     bge-mps)  # the bge-instances runs again under CUDA MPS (a user-space daemon; the GPU's settings stay as they are)
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
       mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
       CUDA_VISIBLE_DEVICES=0 nvidia-cuda-mps-control -d && echo "=== MPS daemon started" | tee -a "$RESULTS/suite.log"
-      for n in ${INSTANCES:-3 4}; do
-        step "bge-mps-$n" 150 "${one_gpu[@]}" "${bench[@]}" bge --ways c --instances "$n" --concurrency 1 64 \
-          --single-pair-requests 30 --out "$RESULTS/bge-mps-$n"
-      done
+      # shellcheck disable=SC2086
+      bge_instances bge-mps ${INSTANCES:-3 4}
       echo quit | nvidia-cuda-mps-control
       unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     bge-ways|qwen4b-ways|qwen8b-ways)  # (b), (c) as shipped (configs/gpu.pbtxt for bge), and (d), on one GPU

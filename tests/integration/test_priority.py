@@ -24,7 +24,8 @@ stub holds one core for itself, so the probes' own path (HTTP, gateway, Triton's
 shared with the load and whatever else the host runs. There the median round measured 1.57-2.65x with this
 test's settings over nine runs (2x held in about half), 2.1-3.0x with the default budget, against 14x without a
 budget and 8-43x for probes at the bulk priority (README, Request priority). The test holds the line it can
-hold on that hardware without flaking; the 2x criterion is for the GPU run, still to be made."""
+hold on that hardware without flaking. On one H200 (bench/gpu_suite.sh priority, 2026-12-01) the median
+round was 1.03x and 1.05x: bench/results/2026-12-01-h200/priority-bge.json."""
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ class ServeProcess:
                  request_timeout_s: float = 600.0) -> None:
         port, http, grpc, metrics = free_ports(4)
         self.url = f"http://127.0.0.1:{port}"
+        self.triton_url, self.triton_metrics_url = f"http://127.0.0.1:{http}", f"http://127.0.0.1:{metrics}/metrics"
         self.log = log
         self.model = model
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,9 @@ class ServeProcess:
 
 
 class GpuMemory:
-    """Peak device memory used (nvidia-smi, MiB) while sampling, on one GPU; None without nvidia-smi."""
+    """Peak device memory used (nvidia-smi, MiB) while sampling, on one GPU; None without nvidia-smi.
+    `period_s` 0: one reading on entry and one on exit only (nvidia-smi calls beside a busy server are
+    not free; see README, Where the time goes)."""
 
     def __init__(self, index: int = 0, period_s: float = 0.25) -> None:
         self.index, self.period_s = index, period_s
@@ -118,7 +121,8 @@ class GpuMemory:
 
     def __enter__(self) -> "GpuMemory":
         self.peak = self.used()
-        if self.available:
+        self._stop = threading.Event()  # one object samples each model in turn
+        if self.available and self.period_s > 0:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -132,6 +136,77 @@ class GpuMemory:
         self._stop.set()
         if self._thread:
             self._thread.join()
+        if (value := self.used()) is not None:  # the allocators keep what they reserved: the end is a sample too
+            self.peak = max(self.peak or 0, value)
+
+
+class TritonCounters:
+    """Where a batch's time goes inside the stack, from Triton's own counters read before and after a level:
+    its statistics API (batches, pairs, the python backend's `execute` time per batch) and the engine's
+    compute histogram on the metrics port (`reranker_model_compute_seconds`: `score()` alone), and the
+    time the instance's process spent in Python's garbage collector (`reranker_model_gc_seconds_total`).
+
+    At saturation the GPU runs only inside `score()`, so `engine_busy` (summed engine time over the
+    level's wall time) is the share of the level the model was computing; the rest is spent per batch
+    around it: in `execute` outside `score()` (reading the requests, the responses, telemetry) and between
+    executions (Triton's scheduling and its hops to and from the stub process)."""
+
+    def __init__(self, triton_url: str, metrics_url: str, model: str) -> None:
+        self.triton_url, self.metrics_url, self.model = triton_url, metrics_url, model
+
+    def read(self) -> dict | None:
+        import httpx
+
+        try:
+            stats = httpx.get(f"{self.triton_url}/v2/models/{self.model}/stats", timeout=10).json()["model_stats"]
+            metrics = httpx.get(self.metrics_url, timeout=10).text
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+        counters = {"executions": 0, "pairs": 0, "execute_ns": 0, "input_ns": 0, "output_ns": 0, "requests": 0,
+                    "queue_ns": 0}
+        for entry in stats:  # one entry per loaded version
+            counters["executions"] += int(entry.get("execution_count", 0))
+            counters["pairs"] += int(entry.get("inference_count", 0))
+            queue = entry.get("inference_stats", {}).get("queue", {})  # per request: Triton's enqueue to execute
+            counters["requests"] += int(queue.get("count", 0))
+            counters["queue_ns"] += int(queue.get("ns", 0))
+            for batch in entry.get("batch_stats", []):  # per batch size: counts are executions, ns their sum
+                counters["execute_ns"] += int(batch["compute_infer"]["ns"])
+                counters["input_ns"] += int(batch["compute_input"]["ns"])
+                counters["output_ns"] += int(batch["compute_output"]["ns"])
+        for key, metric in (("engine_sum", "reranker_model_compute_seconds_sum"),
+                            ("engine_count", "reranker_model_compute_seconds_count"),
+                            ("gc_sum", "reranker_model_gc_seconds_total")):
+            found = re.search(rf'^{metric}{{[^}}]*model="{re.escape(self.model)}"[^}}]*}} (\S+)$', metrics, re.MULTILINE)
+            counters[key] = float(found.group(1)) if found else None
+        return counters
+
+    @staticmethod
+    def between(before: dict | None, after: dict | None, elapsed_s: float) -> dict | None:
+        if before is None or after is None or after["executions"] <= before["executions"]:
+            return None
+        batches = after["executions"] - before["executions"]
+
+        def per_batch_ms(key: str) -> float:
+            return round((after[key] - before[key]) / batches / 1e6, 2)
+
+        figures = {
+            "batches": batches,
+            "mean_batch_pairs": round((after["pairs"] - before["pairs"]) / batches, 2),
+            "wall_ms_per_batch": round(1000 * elapsed_s / batches, 2),
+            "execute_ms_per_batch": per_batch_ms("execute_ns"),
+            "input_ms_per_batch": per_batch_ms("input_ns"),
+            "output_ms_per_batch": per_batch_ms("output_ns"),
+        }
+        if (requests := after.get("requests", 0) - before.get("requests", 0)) > 0:
+            figures["triton_queue_ms_per_request"] = round((after["queue_ns"] - before["queue_ns"]) / requests / 1e6, 2)
+        if before["engine_sum"] is not None and after["engine_sum"] is not None:
+            engine_s = after["engine_sum"] - before["engine_sum"]
+            figures["engine_ms_per_batch"] = round(1000 * engine_s / batches, 2)
+            figures["engine_busy"] = round(engine_s / elapsed_s, 3)
+        if before.get("gc_sum") is not None and after.get("gc_sum") is not None:
+            figures["gc_ms_per_batch"] = round(1000 * (after["gc_sum"] - before["gc_sum"]) / batches, 2)
+        return figures
 
 
 def _bodies(requests: list[Request], model: str) -> list[bytes]:
@@ -145,8 +220,10 @@ engine's time (transport, queue, batching), and the engine's time for the batch 
 
 
 async def _level(url: str, bodies: list[bytes], concurrency: int, duration_s: float, max_requests: int | None,
-                 bin_s: float, timeout_s: float) -> dict:
+                 bin_s: float, timeout_s: float, counters: TritonCounters | None = None) -> dict:
     import httpx
+
+    before = counters.read() if counters else None
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timings: dict[str, list[float]] = {name: [] for name in TIMING_HEADERS}
@@ -165,11 +242,16 @@ async def _level(url: str, bodies: list[bytes], concurrency: int, duration_s: fl
         level = await run_async(send, concurrency, duration_s, max_requests, bin_s)
     level["gateway_p50_ms"] = {name.removeprefix("x-").removesuffix("-time"): percentile(values, 50)
                                for name, values in timings.items() if values}
+    level["gateway_mean_ms"] = {name.removeprefix("x-").removesuffix("-time"): round(sum(values) / len(values), 2)
+                                for name, values in timings.items() if values}
+    if counters and (inside := TritonCounters.between(before, counters.read(), level["elapsed_s"])):
+        level["triton"] = inside
     return level
 
 
 def run_model(url: str, spec: ModelConfig, requests: list[Request], singles: list[Request], settings,
-              load_s: float | None, memory: GpuMemory, baseline_mib: int | None) -> dict:
+              load_s: float | None, memory: GpuMemory, baseline_mib: int | None,
+              counters: TritonCounters | None = None) -> dict:
     """Warm-up, the concurrency levels and the single-pair level of one model through the gateway."""
     import httpx
 
@@ -183,7 +265,7 @@ def run_model(url: str, spec: ModelConfig, requests: list[Request], singles: lis
     with memory:
         result["levels"] = [
             asyncio.run(_level(url, bodies, c, settings.duration_s, settings.requests, settings.bin_s,
-                               settings.request_timeout_s))
+                               settings.request_timeout_s, counters))
             for c in settings.concurrency
         ]
         if single_bodies:
@@ -211,7 +293,7 @@ def run(specs: list[ModelConfig], pool: list[Request], singles: list[Request], s
         progress=print) -> dict[str, dict]:
     """Way (c) for every model: {model name: result or {"error": ...}}."""
     results: dict[str, dict] = {}
-    memory = GpuMemory()
+    memory = GpuMemory(period_s=settings.gpu_memory_period_s)
     baseline_mib = memory.used()
     serve = None
     url = settings.gateway_url
@@ -232,7 +314,9 @@ def run(specs: list[ModelConfig], pool: list[Request], singles: list[Request], s
                     load_s = switch(url, spec.name, settings.stack_timeout_s)
                     note = "/switch_model's load_time_s" if load_s else "already loaded in the gateway: not measured"
                 progress(f"(c) {spec.name}: active (load {load_s} s)")
-                results[spec.name] = run_model(url, spec, pool, singles, settings, load_s, memory, baseline_mib)
+                counters = serve and TritonCounters(serve.triton_url, serve.triton_metrics_url, spec.name)
+                results[spec.name] = run_model(url, spec, pool, singles, settings, load_s, memory, baseline_mib,
+                                               counters)
                 results[spec.name]["load_s_note"] = note
             except Exception as exc:  # one model's failure must not cost the others their figures
                 results[spec.name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}

@@ -88,6 +88,18 @@ for name in "$@"; do
       model=${name%-fp8}
       step "$name" 480 "${one_gpu[@]}" "${bench[@]}" "$model" "$model-fp8" --ways b c --concurrency 1 8 64 \
         --single-pair-requests 10 --out "$RESULTS/$name" ;;
+    fp8-alone)  # each FP8 entry loaded alone: its memory, and where (c)'s time goes against (b) (Triton's counters)
+      for model in ${FP8_MODELS:-qwen8b qwen4b}; do
+        step "$model-fp8-alone" 300 "${one_gpu[@]}" "${bench[@]}" "$model-fp8" --ways b c --concurrency 1 64 \
+          --single-pair-requests 10 --out "$RESULTS/$model-fp8-alone"
+      done ;;
+    fp8-instances)  # Qwen3-8B FP8 with two Triton instances on one GPU: one's host work overlaps the other's kernels
+      step fp8-instances 200 "${one_gpu[@]}" "${bench[@]}" qwen8b-fp8 --ways c --instances 2 --concurrency 64 \
+        --single-pair-requests 0 --out "$RESULTS/fp8-instances" ;;
+    profile-fp8)  # where the engine's time goes, bf16 against FP8: phases, GPU busy, kernel time by kind, peaks
+      step profile-fp8 420 "${one_gpu[@]}" python -m bench.profile_engine --models-dir "$MODELS" \
+        ${PROFILE_MODELS:-Qwen3-Reranker-4B Qwen3-Reranker-8B} --quantization none fp8 --threads 1 --budgets 32768 \
+        --out "$RESULTS/profile-fp8" ;;
     qwen4b-d|qwen8b-d|bge-d)  # way (d) alone (its Python may differ: BASELINE_PYTHON)
       model=${name%-d}
       step "$name" 240 "${one_gpu[@]}" "${baseline[@]}" "$model" --ways d --concurrency 1 8 64 \

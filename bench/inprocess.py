@@ -38,6 +38,7 @@ class Batcher:
         self.max_pairs = max_pairs
         self.max_delay_s = max_delay_s
         self.batch_sizes: list[int] = []  # pairs per scoring call, for tests and sanity checks
+        self.busy_s = 0.0  # summed time inside `score`: the share of a level the model was computing
         self._queue: queue.Queue = queue.Queue()
         self._carry: tuple[list[PairText], Future] | None = None
         self._worker = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -85,16 +86,32 @@ class Batcher:
     def _score(self, batch: list[tuple[list[PairText], Future]], size: int) -> None:
         pairs = [pair for chunk, _ in batch for pair in chunk]
         self.batch_sizes.append(size)
+        started = time.perf_counter()
         try:
             tokens = list(self.score(pairs))
         except Exception as exc:  # e.g. out of memory: fail these requests, keep serving
             for _, future in batch:
                 future.set_exception(exc)
             return
+        finally:
+            self.busy_s += time.perf_counter() - started
         start = 0
         for chunk, future in batch:
             future.set_result(sum(tokens[start:start + len(chunk)]))
             start += len(chunk)
+
+
+def engine_share(batcher: Batcher, before: tuple[int, float], elapsed_s: float) -> dict | None:
+    """Per batch since `before` (= (len(batch_sizes), busy_s) then): the figures of way (c)'s Triton
+    counters that an in-process way has, so the two read side by side."""
+    done, busy_before = before
+    sizes = batcher.batch_sizes[done:]
+    if not sizes:
+        return None
+    busy = batcher.busy_s - busy_before
+    return {"batches": len(sizes), "mean_batch_pairs": round(sum(sizes) / len(sizes), 2),
+            "wall_ms_per_batch": round(1000 * elapsed_s / len(sizes), 2),
+            "engine_ms_per_batch": round(1000 * busy / len(sizes), 2), "engine_busy": round(busy / elapsed_s, 3)}
 
 
 def chunks(pairs: list[PairText], size: int) -> list[list[PairText]]:

@@ -18,18 +18,24 @@ For each model, on issue 6's workload (1 query x N documents per request):
   per-span attention loop it replaces on CPU;
 - optionally, CUDA graph replay (`--cuda-graphs`, rerank_engine.cuda_graphs)
   with its largest score change against the eager forward, and
-  `torch.compile` of the model's forward (`--compile`).
+  `torch.compile` of the model's forward (`--compile`);
+- each precision in `--quantization` (`none`, `fp8`: the engine's FP8 recipe), and
+  the GPU kernel time of whole requests split by kind (`kernel_shares`: matrix
+  products, attention, this repository's fused Triton kernels, the rest).
 
 Prints one JSON line per model and writes `<out>/profile.json`.
 
   python -m bench.profile_engine --models-dir /tmp/models bge-reranker-base --out /tmp/profile
+  python -m bench.profile_engine --models-dir /tmp/models Qwen3-Reranker-8B --quantization none fp8 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import re
 import statistics
 import threading
 import time
@@ -46,6 +52,15 @@ from rerank_engine.scoring import Pair, Scorer
 
 
 ACTIVITIES = {"cuda": [ProfilerActivity.CPU, ProfilerActivity.CUDA], "cpu": [ProfilerActivity.CPU]}
+KERNEL_KINDS = (
+    # Fused kernels first: their names would otherwise match nothing or "quant" nothing else has.
+    ("fused (rerank_engine Triton kernels)", re.compile(r"rms_norm_quant|silu_mul|per_token_quant|qk_norm_rope")),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa", re.IGNORECASE)),
+    ("matrix products", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitk", re.IGNORECASE)),
+)
+"""GPU kernels by what they do, from their names (cuBLAS(Lt)/CUTLASS GEMMs for both bf16 `mm` and FP8
+`_scaled_mm`, FlashAttention, the Triton kernels of rerank_engine.triton_kernels); everything else is
+"other" (element-wise, copies, reductions)."""
 
 
 def sync(device: torch.device) -> None:
@@ -111,11 +126,24 @@ def gpu_busy(scorer: Scorer, requests: list[list[Pair]], device: torch.device, t
         result[f"{label}_wall_ms"] = round(1000 * wall / len(batches), 2)
         result[f"{label}_gpu_kernel_ms"] = round(kernel_us / 1000 / len(batches), 2)
         result[f"{label}_gpu_busy"] = round(kernel_us / 1e6 / wall, 3)
+        if label == "request" and kernel_us:
+            result["kernel_shares"] = kernel_shares(averages, kernel_us)
         sort_key = "self_cpu_time_total" if device.type == "cpu" else "self_device_time_total"
         with table.open("a") as out:
             out.write(f"== {label}: {len(batches)} calls, {wall * 1000:.1f} ms wall ==\n")
             out.write(averages.table(sort_by=sort_key, row_limit=18) + "\n")
     return result
+
+
+def kernel_shares(averages, kernel_us: float) -> dict[str, float]:
+    """Each kind's share of the summed kernel time (KERNEL_KINDS; the rest is "other")."""
+    shares = {name: 0.0 for name, _ in KERNEL_KINDS} | {"other": 0.0}
+    for event in averages:
+        if event.device_type != DeviceType.CUDA:
+            continue
+        kind = next((name for name, pattern in KERNEL_KINDS if pattern.search(event.key)), "other")
+        shares[kind] += event.self_device_time_total
+    return {kind: round(us / kernel_us, 3) for kind, us in shares.items()}
 
 
 def throughput(scorers: list[Scorer], requests: list[list[Pair]], device: torch.device) -> float:
@@ -228,18 +256,24 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+def profile_model(name: str, args: argparse.Namespace, device: torch.device, quantization: str = "none") -> dict:
     kind, max_length = MODELS[name]
-    config = EngineConfig(scorer=kind, weights_path=str(args.models_dir / name), max_length=max_length)
+    config = EngineConfig(scorer=kind, weights_path=str(args.models_dir / name), max_length=max_length,
+                          quantization=quantization)
+    if device.type == "cuda" and torch.cuda.is_initialized():  # the peak below is this load's and model's alone
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     scorer = load_scorer(config, device)
     requests = workload(args.requests, args.docs)
     scorer.score(requests[0])
     sync(device)
-    result = {"model": name, "weights": "random (real architecture and size)", "device": device_name(device),
-              "docs_per_request": args.docs, "dtype": str(config.torch_dtype(device))}
+    label = name if quantization == "none" else f"{name}-{quantization}"
+    result = {"model": label, "weights": "random (real architecture and size)", "device": device_name(device),
+              "docs_per_request": args.docs, "dtype": str(config.torch_dtype(device)), "quantization": quantization}
     result.update(phases(scorer, requests, device))
     result.update(tokenizer_entry_points(scorer, requests))
-    result.update(gpu_busy(scorer, requests, device, args.out / f"{name}_ops.txt"))
+    result.update(gpu_busy(scorer, requests, device, args.out / f"{label}_ops.txt"))
     default_budget = scorer.max_batch_tokens
     for budget in args.budgets:
         scorer.max_batch_tokens = budget
@@ -253,7 +287,7 @@ def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> 
         result[f"pairs_per_s_{args.threads}_threads_{args.threads}_copies"] = throughput(copies, requests, device)
         del copies
     if args.cuda_graphs:
-        result.update(with_cuda_graphs(scorer, config, requests, device, args.out / f"{name}_graphs_ops.txt"))
+        result.update(with_cuda_graphs(scorer, config, requests, device, args.out / f"{label}_graphs_ops.txt"))
     if args.compile:
         started = time.perf_counter()
         # The module the scorer calls: Qwen3's decoder (the LM head is never run whole), else the model.
@@ -267,8 +301,7 @@ def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> 
         result["compiled_single_pair_infer_ms"] = round(statistics.median(c[1] for c in single), 2)
     if device.type == "cuda":
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
-        torch.cuda.empty_cache()
-    del scorer
+        result["peak_gpu_mib_note"] = "torch.cuda.max_memory_allocated from before loading to the end"
     return result
 
 
@@ -284,6 +317,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the forward")
     parser.add_argument("--packed-ab", action="store_true", help="only: padded against packed batches, side by side")
     parser.add_argument("--fp32-reference", action="store_true", help="with --packed-ab: both against a float32 model")
+    parser.add_argument("--quantization", nargs="+", default=["none"], choices=["none", "fp8"],
+                        help="each model in each precision in turn (fp8: the engine's E4M3 recipe)")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench_results/profile"))
     args = parser.parse_args()
@@ -291,13 +326,13 @@ def main() -> None:
     device = torch.device(args.device)
     results = []
     for name in args.names:
-        if args.packed_ab:
-            results.append({"model": name, "device": device_name(device), **packed_side_by_side(name, args, device)})
-        else:
-            results.append(profile_model(name, args, device))
-        print(json.dumps(results[-1]), flush=True)
-        (args.out / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
-
+        for quantization in [None] if args.packed_ab else args.quantization:
+            if quantization is None:
+                results.append({"model": name, "device": device_name(device), **packed_side_by_side(name, args, device)})
+            else:
+                results.append(profile_model(name, args, device, quantization))
+            print(json.dumps(results[-1]), flush=True)
+            (args.out / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from bench.inprocess import Batcher, request_sender
+from bench.inprocess import Batcher, engine_share, request_sender
 from bench.loadgen import run_threads
 from bench.models import MODEL_REPOSITORY, RANDOM_WEIGHTS_MARKER, REPO_ROOT, repository_with_instances, resolve
 from bench.workload import QUERY_WORDS, Request, describe, generate
@@ -63,6 +63,7 @@ class Settings:
     request_timeout_s: float
     stack_timeout_s: float
     gateway_url: str | None
+    gpu_memory_period_s: float
     model_repository: Path
     models_dir: Path
 
@@ -157,7 +158,10 @@ def run_inprocess(way: str, spec: ModelConfig, folder: Path, pool: list[Request]
             send(number)
         levels = []
         for concurrency in settings.concurrency:
+            before = (len(batcher.batch_sizes), batcher.busy_s)
             levels.append(run_threads(send, concurrency, settings.duration_s, settings.requests, settings.bin_s))
+            if inside := engine_share(batcher, before, levels[-1]["elapsed_s"]):
+                levels[-1]["engine"] = inside
             log(f"({way}) {spec.name} c={concurrency}: {_brief(levels[-1])}")
         result = {"load_s": round(load_s, 2), "dtype": dtype, "device": str(device), "batching": policy,
                   "levels": levels}
@@ -273,6 +277,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "repository with instance_group's count changed)")
     parser.add_argument("--request-timeout", type=float, default=600.0)
     parser.add_argument("--stack-timeout", type=float, default=900.0, help="start-up and model switch deadline")
+    parser.add_argument("--gpu-memory-period", type=float, default=0.25,
+                        help="(c): seconds between nvidia-smi samples of device memory under load (0: none, only the "
+                             "load's own peak)")
     parser.add_argument("--out", type=Path, help="default: bench_results/rerank-<UTC time>")
     args = parser.parse_args(argv)
     if min(args.concurrency + (args.baseline_concurrency or [])) < 1 or args.docs < 1 or args.pool < 1:
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
         concurrency=sorted(set(args.concurrency)), duration_s=args.duration, requests=args.requests,
         warmup=args.warmup, single_pair_requests=args.single_pair_requests, bin_s=args.bin,
         request_timeout_s=args.request_timeout, stack_timeout_s=args.stack_timeout, gateway_url=args.gateway_url,
-        model_repository=repository, models_dir=args.models_dir,
+        gpu_memory_period_s=args.gpu_memory_period, model_repository=repository, models_dir=args.models_dir,
     )
     baseline = dataclasses.replace(settings, concurrency=sorted(set(args.baseline_concurrency or args.concurrency)))
     pool = generate(args.pool, args.docs, args.seed, tuple(args.doc_tokens))

@@ -230,6 +230,17 @@ def bench_markdown(data: dict, plots: list[Path], plot_note: str | None = None) 
         if rows:
             lines += _table(["way", "concurrency", "requests", "failures", "pairs/s", "tokens/s", "p50 ms",
                              "p90 ms", "p99 ms"], rows) + [""]
+        inside = [[WAY_NAMES.get(way, way), level["concurrency"], t["batches"], t["mean_batch_pairs"],
+                   t["wall_ms_per_batch"], t.get("execute_ms_per_batch"), t.get("engine_ms_per_batch"),
+                   _fixed(t.get("engine_busy"), "{:.1%}"), t.get("gc_ms_per_batch")]
+                  for way, result in ways.items() for level in result.get("levels", [])
+                  if (t := level.get("triton") or level.get("engine"))]
+        if inside:
+            lines += ["Per batch: (c) from Triton's statistics (`execute` is the python backend's) and the engine's "
+                      "compute histogram; (b) from its batcher. Engine busy: summed engine time over the level's "
+                      "wall time. GC: the model instance's process in Python's garbage collector.", ""]
+            lines += _table(["way", "concurrency", "batches", "pairs/batch", "wall ms", "execute ms", "engine ms",
+                             "engine busy", "GC ms"], inside) + [""]
     return "\n".join(lines)
 
 

@@ -64,17 +64,18 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"scoring failed for {len(pairs)} pairs: {exc!r}")
             return [r or _error(f"scoring failed: {exc}", pb_utils.TritonError.INTERNAL) for r in responses]
         compute_s = time.perf_counter() - started
-        self.telemetry.record(requests=len(requests), rejected=len(requests) - len(spans), pairs=len(pairs),
-                              run=scores.run, sent_at_ns=sent, started_ns=started_ns, compute_s=compute_s)
         compute_us = np.float32(compute_s * 1e6)
         for index, start, end in spans:
             tensors = [pb_utils.Tensor(name, getattr(scores, name)[start:end].reshape(-1, 1))
                        for name in contract.SCORE_OUTPUTS]
             tensors.append(pb_utils.Tensor(contract.OUTPUT_COMPUTE_US, np.full((end - start, 1), compute_us)))
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        self.telemetry.record(requests=len(requests), rejected=len(requests) - len(spans), pairs=len(pairs),
+                              run=scores.run, sent_at_ns=sent, started_ns=started_ns, compute_s=compute_s)
         return responses
 
     def finalize(self):
+        self.telemetry.close()
         self.scorer = None
 
 

@@ -8,7 +8,9 @@ Document and query text never appears here: only counts and times.
 
 from __future__ import annotations
 
+import gc
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -31,7 +33,11 @@ class BatchRecord:
     padded_tokens: int  # tokens the network ran, padding included
     micro_batches: int
     queue_ms: float | None  # longest wait of a request of this batch since the gateway sent it
-    compute_ms: float
+    compute_ms: float  # the engine's `score()`
+    host_ms: float  # the rest of `execute` before this record: reading the requests, building the responses
+    idle_ms: float | None  # from the previous batch's record to this `execute`: Triton's hand-over between batches
+    telemetry_ms: float  # the previous batch's log line and metrics (each a message to the Triton process)
+    gc_ms: float  # time this process spent in Python's garbage collector since the previous batch's record
     gpu_memory_bytes: int
     gpu_peak_bytes: int
 
@@ -59,6 +65,34 @@ def queue_ms(sent_at_ns: list[int], started_ns: int) -> float | None:
     return round(max(waits) / 1e6, 3) if waits else None
 
 
+class GcPauses:
+    """Time the process spends in Python's garbage collector, from `gc.callbacks`. A full collection
+    walks every tracked object, and a process holding a loaded model has millions: such a pause stops
+    the instance between batches, where no engine timing sees it."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self._total_s = 0.0
+        self._taken_s = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self._total_s += time.perf_counter() - self._started
+            self._started = None
+
+    def take_ms(self) -> float:
+        """Milliseconds of collection since the previous call."""
+        since, self._taken_s = self._total_s - self._taken_s, self._total_s
+        return round(since * 1000, 3)
+
+    def close(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+
 class BatchTelemetry:
     def __init__(self, model: str, device: torch.device, metric_family=None,
                  log: Callable[[str], None] | None = None, level: str = "info") -> None:
@@ -68,22 +102,35 @@ class BatchTelemetry:
         self.device = device
         self.log = log if level != "off" else None
         self._metrics = _Metrics(metric_family, model) if metric_family is not None else None
+        self._gc = GcPauses()
+        self._ended_ns: int | None = None  # when the previous record returned
+        self._telemetry_s = 0.0  # what the previous record's log line and metrics took
 
     def record(self, *, requests: int, rejected: int, pairs: int, run: RunStats | None,
                sent_at_ns: list[int], started_ns: int, compute_s: float) -> BatchRecord:
+        recorded_ns = time.time_ns()
         now, peak = gpu_memory(self.device)
         run = run or RunStats()
         record = BatchRecord(
             model=self.model, requests=requests, rejected=rejected, pairs=pairs, tokens=run.tokens,
             padded_tokens=run.padded_tokens, micro_batches=run.micro_batches,
             queue_ms=queue_ms(sent_at_ns, started_ns), compute_ms=round(compute_s * 1000, 3),
+            host_ms=round(max((recorded_ns - started_ns) / 1e6 - compute_s * 1000, 0.0), 3),
+            idle_ms=None if self._ended_ns is None else round((started_ns - self._ended_ns) / 1e6, 3),
+            telemetry_ms=round(self._telemetry_s * 1000, 3), gc_ms=self._gc.take_ms(),
             gpu_memory_bytes=now, gpu_peak_bytes=peak,
         )
+        started = time.perf_counter()
         if self.log is not None:
             self.log(record.log_line())
         if self._metrics is not None:
             self._metrics.observe(record)
+        self._telemetry_s = time.perf_counter() - started
+        self._ended_ns = time.time_ns()
         return record
+
+    def close(self) -> None:
+        self._gc.close()
 
 
 class _Metrics:
@@ -114,6 +161,8 @@ class _Metrics:
         self.padded = counter("reranker_model_padded_tokens_total", "Tokens run through the network, padding included.")
         self.batch_pairs = histogram("reranker_model_batch_pairs", "Pairs per executed batch.", PAIR_BUCKETS)
         self.compute = histogram("reranker_model_compute_seconds", "Engine time per batch.", SECONDS_BUCKETS)
+        self.gc = counter("reranker_model_gc_seconds_total",
+                          "Time the model instance's process spent in Python's garbage collector.")
         self.queue = histogram(
             "reranker_model_queue_seconds", "Per batch: longest wait since the gateway sent a request.",
             SECONDS_BUCKETS,
@@ -133,5 +182,6 @@ class _Metrics:
             self.compute.observe(record.compute_ms / 1000)
         if record.queue_ms is not None:
             self.queue.observe(record.queue_ms / 1000)
+        self.gc.increment(record.gc_ms / 1000)
         self.gpu_memory.set(record.gpu_memory_bytes)
         self.gpu_peak.set(record.gpu_peak_bytes)

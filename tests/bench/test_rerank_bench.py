@@ -17,7 +17,7 @@ import torch
 
 from bench import rerank_bench
 from bench.baseline import SeedStyleScorer
-from bench.inprocess import Batcher, request_sender
+from bench.inprocess import Batcher, engine_share, request_sender
 from bench.loadgen import percentile, run_async, run_threads
 from bench.models import resolve
 from bench.workload import generate
@@ -102,6 +102,37 @@ def test_engine_policy_merges_whole_chunks_up_to_max_batch_size():
     assert batcher.batch_sizes == [60, 10]  # the 10-pair chunk would overflow 64: never split, next batch
     with pytest.raises(ValueError):
         Batcher(lambda pairs: [], max_pairs=8, max_delay_s=0).submit([("q", "d")] * 9)
+
+
+def test_the_batcher_counts_its_engine_time_per_level():
+    batcher = Batcher(lambda pairs: (time.sleep(0.05), [1] * len(pairs))[1], max_pairs=4, max_delay_s=0)
+    send = request_sender(batcher, [[("q", "d")] * 6], chunk_pairs=4)
+    before = (len(batcher.batch_sizes), batcher.busy_s)
+    level = run_threads(send, concurrency=1, duration_s=60, max_requests=2)
+    inside = engine_share(batcher, before, level["elapsed_s"])
+    batcher.close()
+    assert (inside["batches"], inside["mean_batch_pairs"]) == (4, 3.0)  # chunks of 4 and 2, one at a time
+    assert 50 <= inside["engine_ms_per_batch"] <= inside["wall_ms_per_batch"]
+    assert 0.5 < inside["engine_busy"] <= 1
+    assert engine_share(batcher, (len(batcher.batch_sizes), batcher.busy_s), 1.0) is None
+
+
+def test_triton_counters_per_batch():
+    from bench.e2e import TritonCounters
+
+    before = {"executions": 10, "pairs": 500, "execute_ns": 1_000_000_000, "input_ns": 0, "output_ns": 0,
+              "engine_sum": 0.9, "engine_count": 10, "gc_sum": 0.5,
+              "requests": 12, "queue_ns": 0}
+    after = {"executions": 30, "pairs": 1500, "execute_ns": 3_400_000_000, "input_ns": 20_000_000,
+             "output_ns": 40_000_000, "engine_sum": 3.1, "engine_count": 30, "gc_sum": 0.9,
+             "requests": 52, "queue_ns": 40 * 250_000_000}
+    inside = TritonCounters.between(before, after, elapsed_s=2.5)
+    assert inside == {"batches": 20, "mean_batch_pairs": 50.0, "wall_ms_per_batch": 125.0,
+                      "execute_ms_per_batch": 120.0, "input_ms_per_batch": 1.0, "output_ms_per_batch": 2.0,
+                      "engine_ms_per_batch": 110.0, "engine_busy": 0.88, "gc_ms_per_batch": 20.0,
+                      "triton_queue_ms_per_request": 250.0}
+    assert TritonCounters.between(before, before, 1.0) is None  # no batch ran
+    assert TritonCounters.between(None, after, 1.0) is None  # Triton's API did not answer
 
 
 def test_a_failing_batch_fails_its_requests_only():
@@ -214,6 +245,14 @@ def test_ways_b_and_c_through_reranker_serve(models_dir, tmp_path):
     assert comparisons["c_single_pair_p50_ms"] == ways["c"]["single_pair"]["p50_ms"] > 0
     assert "Uvicorn running" in (out / "serve.log").read_text()
     assert "| (c) gateway + Triton | 2 | 3 | 0 |" in (out / "rerank_bench.md").read_text()
+    # Triton's own counters: 3 requests of 3 documents at each level, each one chunk (bge batches up to 256).
+    for level in ways["c"]["levels"]:
+        inside = level["triton"]
+        assert 1 <= inside["batches"] <= 3 and inside["mean_batch_pairs"] * inside["batches"] == 9
+        assert 0 < inside["engine_ms_per_batch"] <= inside["execute_ms_per_batch"] <= inside["wall_ms_per_batch"]
+        assert 0 < inside["engine_busy"] <= 1 and inside["gc_ms_per_batch"] >= 0
+        assert inside["triton_queue_ms_per_request"] >= 0
+    assert "| (c) gateway + Triton | 2 | " in (out / "rerank_bench.md").read_text().split("Engine busy")[1]
 
 
 def test_weights_are_labelled_random_when_random_models_built_them(tmp_path):

@@ -98,6 +98,7 @@ def test_models_export_their_batch_figures_on_triton(served):
     assert 0 < tokens <= padded
     assert value(t, "reranker_model_batch_pairs_count", **minilm) >= 1
     assert value(t, "reranker_model_queue_seconds_count", **minilm) >= 1  # the gateway sent its clock
+    assert value(t, "reranker_model_gc_seconds_total", **minilm) >= 0
     assert value(t, "reranker_model_pairs_total", model="bge-reranker-base") >= 1
 
 
@@ -112,6 +113,7 @@ def test_each_batch_leaves_one_json_log_line_without_text(served, triton):
     assert line["padded_tokens"] >= line["tokens"] and 0 <= line["padding_ratio"] < 1
     assert line["compute_ms"] > 0 and line["queue_ms"] is not None and line["queue_ms"] >= 0
     assert {"gpu_memory_bytes", "gpu_peak_bytes", "micro_batches"} <= set(line)
+    assert line["gc_ms"] >= 0
     assert CANARY not in triton.log.read_text(errors="replace")
 
 

@@ -12,12 +12,25 @@ in Triton's queue, so the model never idles between them), and holds the
 rest in arrival order: an interactive request then finds at most one bulk
 chunk in flight ahead of it and one in its batch. Normal (0) and interactive
 (< 0) requests are never held.
+
+The dispatch window (RERANKER_DISPATCH_WINDOW_ROWS, off by default) holds
+every priority the same way, for another reason: Triton 2.51's dynamic
+batcher builds a batch ahead ("prefetching") only when a model has neither
+priority levels nor a queue policy. Without it, the batcher hands a batch
+over only when an instance is already waiting, and it checks that when a
+request arrives or a batch ends. A batch that ends is reported before its
+instance is back to waiting. When no request arrives after it, the batcher
+sleeps up to 0.5 s with requests queued and the instance idle (core
+`dynamic_batch_scheduler.cc`, `default_wait_microseconds`). With the window,
+each answered chunk sends a held one at once. That new request wakes the
+batcher again, after the instance is back to waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import heapq
+import itertools
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -39,24 +52,26 @@ def is_bulk(priority: int) -> bool:
 
 
 class RowBudget:
-    """At most `limit` rows outstanding; requests beyond it wait, first come first served (a large request
-    at the head is not overtaken by small ones behind it)."""
+    """At most `limit` rows outstanding; requests beyond it wait, the most urgent first (lower `urgency`:
+    a Triton priority level), then first come first served. The head waiter is never overtaken by smaller
+    ones behind it, so a large request is not starved."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._waiting: deque[tuple[int, asyncio.Future]] = deque()
+        self._waiting: list[tuple[int, int, int, asyncio.Future]] = []  # heap of (urgency, arrival, rows, future)
+        self._arrivals = itertools.count()
 
     @property
     def waiting_rows(self) -> int:
-        return sum(rows for rows, future in self._waiting if not future.done())
+        return sum(rows for _, _, rows, future in self._waiting if not future.done())
 
     @asynccontextmanager
-    async def take(self, rows: int) -> AsyncIterator[None]:
+    async def take(self, rows: int, urgency: int = 0) -> AsyncIterator[None]:
         rows = min(rows, self.limit)
         if self._waiting or self.used + rows > self.limit:
             future = asyncio.get_running_loop().create_future()
-            self._waiting.append((rows, future))
+            heapq.heappush(self._waiting, (urgency, next(self._arrivals), rows, future))
             try:
                 await future
             except asyncio.CancelledError:
@@ -73,12 +88,12 @@ class RowBudget:
     def _release(self, rows: int) -> None:
         self.used -= rows
         while self._waiting:
-            wanted, future = self._waiting[0]
+            _, _, wanted, future = self._waiting[0]
             if future.done():  # cancelled while waiting
-                self._waiting.popleft()
+                heapq.heappop(self._waiting)
                 continue
             if self.used + wanted > self.limit:
                 break
-            self._waiting.popleft()
+            heapq.heappop(self._waiting)
             self.used += wanted
             future.set_result(None)

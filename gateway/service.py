@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import numpy as np
@@ -59,6 +59,7 @@ class RerankService:
         self.max_documents = settings.max_documents_per_request
         self.bulk_rows = settings.bulk_rows_in_flight
         self._bulk_budgets: dict[str, RowBudget] = {}  # per model
+        self._windows: dict[str, RowBudget] = {}  # per model: RERANKER_DISPATCH_WINDOW_ROWS
 
     async def score_pair(self, query: str, document: str, record: RequestRecord, priority: int = 0) -> float:
         async with self.models.lease() as model:
@@ -203,11 +204,16 @@ class RerankService:
         if budget is not None:  # two chunks fit the budget: one computing while the next waits in Triton's queue
             size = min(size, max(budget.limit // 2, 1))
 
+        window = self._window(model)
+        urgency = level or model.default_priority_level  # level 0 asks for the model's default level
+
         async def chunk(start: int) -> ScoreOutputs:
             rows = (queries[start : start + size], documents[start : start + size])
-            if budget is None:
-                return await self.triton.score(model.name, *rows, instruction, options, priority_level=level)
-            async with budget.take(len(rows[1])):
+            async with AsyncExitStack() as held:  # always budget, then window: no two chunks wait on each other
+                if budget is not None:
+                    await held.enter_async_context(budget.take(len(rows[1])))
+                if window is not None:
+                    await held.enter_async_context(window.take(len(rows[1]), urgency))
                 return await self.triton.score(model.name, *rows, instruction, options, priority_level=level)
 
         try:
@@ -222,6 +228,14 @@ class RerankService:
         if record is not None:
             record.record_scores(outputs)
         return outputs
+
+    def _window(self, model: ModelConfig) -> RowBudget | None:
+        if self.settings.dispatch_window_rows is None:
+            return None
+        window = self._windows.get(model.name)
+        if window is None:
+            window = self._windows[model.name] = RowBudget(self.settings.dispatch_window_rows)
+        return window
 
     def _bulk_budget(self, model: ModelConfig) -> RowBudget | None:
         if self.bulk_rows is None:

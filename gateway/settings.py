@@ -74,6 +74,13 @@ class GatewaySettings(BaseSettings):
         "more wait in the gateway. Bounds the bulk work an interactive request finds ahead of it or in its batch "
         "(gateway/priority.py). Unset: no bound, bulk fills whole batches.",
     )
+    dispatch_window_rows: int | None = Field(
+        None, ge=1,
+        description="Most rows of any priority at Triton at once, per model; more wait in the gateway, the most "
+        "urgent first, and each answered chunk lets the next one in at once. With priority levels or a queue "
+        "policy, Triton's dynamic batcher does not build a batch ahead: a batch that ends without a new request "
+        "arriving can leave the instance idle for up to 0.5 s (gateway/priority.py). Unset: no window.",
+    )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
     switch_coordinator: str = Field(
         "",
@@ -119,7 +126,8 @@ class GatewaySettings(BaseSettings):
     )
     service_name: str = Field("reranker-gateway", description="service.name of the gateway's traces.")
 
-    @field_validator("api_keys_file", "api_keys", "otlp_endpoint", "bulk_rows_in_flight", mode="before")
+    @field_validator("api_keys_file", "api_keys", "otlp_endpoint", "bulk_rows_in_flight", "dispatch_window_rows",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         # Compose and Kubernetes set a variable to "" to switch a feature off.

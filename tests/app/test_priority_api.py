@@ -1,9 +1,13 @@
 """`priority` and `x-request-priority` through the in-process gateway into the
-real Triton, whose dynamic batcher takes the levels of the shipped configs."""
+real Triton, whose dynamic batcher takes the levels of the shipped configs, with
+and without the gateway's dispatch window."""
 
 from __future__ import annotations
 
 import pytest
+
+from gateway.settings import GatewaySettings
+from tests.app.conftest import in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -35,3 +39,18 @@ async def test_a_bad_priority_is_422_naming_it(api):
     for body, headers, field in BAD:
         response = await api.post("/v1/rerank", json=body, headers=headers)
         assert response.status_code == 422 and response.json()["field"] == field, response.text
+
+
+async def test_the_dispatch_window_scores_what_the_plain_gateway_scores(api, triton):
+    # 300 documents are two chunks for minilm-l6 (256 + 44); a chunk over the 2-row window takes all of it,
+    # so the second waits in the gateway until the first is answered.
+    documents = [f"document {i} about pandas and bamboo" for i in range(300)]
+    body = {"query": "what do pandas eat?", "documents": documents, "return_documents": False}
+    plain = (await api.post("/v1/rerank", json=body)).json()["results"]
+    settings = GatewaySettings(triton_url=f"127.0.0.1:{triton.ports['grpc']}", default_model="minilm",
+                               dispatch_window_rows=2)
+    async with in_process(settings) as windowed:
+        answers = [await windowed.post("/v1/rerank", json={**body, **extra}) for extra in ({}, {"priority": -1})]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        assert response.json()["results"] == plain

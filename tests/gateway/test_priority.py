@@ -1,6 +1,7 @@
 """Request priority without a server: vLLM's priority as the shipped models'
 Triton levels, the queue policy of every level in every config, and the bulk
-row budget; the service sends the level and holds bulk chunks to the budget."""
+row budget; the service sends the level, holds bulk chunks to the budget and
+every chunk to the dispatch window, most urgent first."""
 
 from __future__ import annotations
 
@@ -90,14 +91,19 @@ async def test_a_cancelled_waiter_gives_back_nothing_it_did_not_get():
         assert budget.used == 4
 
 
-@pytest.mark.anyio
-async def test_the_service_sends_the_level_and_holds_bulk_to_the_budget():
+async def levelled_service(max_batch_size: int, **settings) -> tuple[FakeTriton, RerankService]:
+    """A service on a fake Triton serving model "a" with the shipped three levels (2 the default)."""
     triton = FakeTriton("a")
-    triton.configs["a"] = ModelConfig(name="a", max_batch_size=8, max_queue_delay_us=0, inputs=(),
+    triton.configs["a"] = ModelConfig(name="a", max_batch_size=max_batch_size, max_queue_delay_us=0, inputs=(),
                                       parameters={"scorer": "cross_encoder"}, priority_levels=3,
                                       default_priority_level=2)
     models = await started(triton)
-    service = RerankService(triton, models, models.settings.model_copy(update={"bulk_rows_in_flight": 4}))
+    return triton, RerankService(triton, models, models.settings.model_copy(update=settings))
+
+
+@pytest.mark.anyio
+async def test_the_service_sends_the_level_and_holds_bulk_to_the_budget():
+    triton, service = await levelled_service(max_batch_size=8, bulk_rows_in_flight=4)
     body = RerankRequest(query="q", documents=[f"d{i}" for i in range(8)])
     await service.rerank(body, RequestRecord(), priority=-1)
     assert triton.priority_levels == [1]  # 8 rows: one chunk of max_batch_size
@@ -109,3 +115,44 @@ async def test_the_service_sends_the_level_and_holds_bulk_to_the_budget():
     triton.hold_scoring.set()
     response = await bulk
     assert len(response.results) == 8 and triton.priority_levels == [3] * 4
+
+
+@pytest.mark.anyio
+async def test_waiters_are_served_most_urgent_first_then_in_arrival_order():
+    budget = RowBudget(4)
+    order, release = [], asyncio.Event()
+
+    async def hold(name: str, rows: int, urgency: int) -> None:
+        async with budget.take(rows, urgency):
+            order.append(name)
+            if name == "first":
+                await release.wait()
+
+    first = asyncio.create_task(hold("first", 4, 2))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(hold(name, 4, urgency))
+               for name, urgency in (("bulk", 3), ("normal", 2), ("interactive", 1), ("normal-2", 2))]
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["first", "interactive", "normal", "normal-2", "bulk"]
+
+
+@pytest.mark.anyio
+async def test_the_dispatch_window_holds_every_priority_and_lets_the_urgent_in_first():
+    triton, service = await levelled_service(max_batch_size=4, dispatch_window_rows=8)
+    triton.hold_scoring = asyncio.Event()
+    record = RequestRecord()
+    normal = asyncio.create_task(service.rerank(RerankRequest(query="q", documents=[f"d{i}" for i in range(16)]),
+                                                record))
+    await asyncio.sleep(0.01)
+    assert service._windows["a"].used == 8 and triton.priority_levels == [0, 0]  # 2 of 4 chunks at Triton
+    urgent = asyncio.create_task(service.rerank(RerankRequest(query="q", documents=["x"]), RequestRecord(),
+                                                priority=-1))
+    await asyncio.sleep(0.01)
+    assert triton.priority_levels == [0, 0]  # held too: the window counts every priority
+    triton.hold_scoring.set()
+    await asyncio.gather(normal, urgent)
+    # The interactive chunk went in first once the window had room, before the normal request's last two.
+    assert triton.priority_levels == [0, 0, 1, 0, 0]
+    assert service._windows["a"].used == 0 and record.model == "a"

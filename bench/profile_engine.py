@@ -53,7 +53,7 @@ from rerank_engine.scoring import Pair, Scorer
 
 ACTIVITIES = {"cuda": [ProfilerActivity.CPU, ProfilerActivity.CUDA], "cpu": [ProfilerActivity.CPU]}
 KERNEL_KINDS = (
-    # Fused kernels first: their names would otherwise match nothing or "quant" nothing else has.
+    # Checked in order: a kernel counts under the first kind whose pattern its name matches.
     ("fused (rerank_engine Triton kernels)", re.compile(r"rms_norm_quant|silu_mul|per_token_quant|qk_norm_rope")),
     ("attention", re.compile(r"flash|fmha|attention|sdpa", re.IGNORECASE)),
     ("matrix products", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitk", re.IGNORECASE)),

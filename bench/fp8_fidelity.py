@@ -110,7 +110,7 @@ def fidelity(reference: Sequence[float], candidate: Sequence[float]) -> dict[str
 
 
 def served_order(scores: Sequence[float]) -> list[int]:
-    """Document indices best first, ties in request order: the gateway's sort (gateway/service.py)."""
+    """Document indices best first, ties in request order: the gateway's sort (gateway/serving/service.py)."""
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 

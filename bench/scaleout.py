@@ -7,7 +7,7 @@ For each model, the same closed-loop HTTP clients as rerank_bench's way (c)
   one_gpu         one Triton that sees the first GPU only (CUDA_VISIBLE_DEVICES): the reference
   one_triton      one Triton that sees both GPUs; KIND_AUTO puts the model's instances on each
   triton_per_gpu  two Tritons, one per GPU, behind one gateway (RERANKER_TRITON_URL=a,b),
-                  which balances requests over them (gateway.pool)
+                  which balances requests over them (gateway.fleet.pool)
 
 and reports pairs/s per concurrency level, the best, and the factor against
 one_gpu, with the requests each Triton served (its own metrics). Writes

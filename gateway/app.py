@@ -1,6 +1,6 @@
 """The gateway application factory: settings in, FastAPI app out, with a
 lifespan that finds the Triton replicas and activates the start-up model -
-by itself, or as one gateway of a cluster (gateway.cluster).
+by itself, or as one gateway of a cluster (gateway.fleet.cluster).
 
 Middlewares, outermost first: FastAPI's tracing (when on), the observer
 (timing headers, trace id, metrics, access log), the API key check, then the
@@ -18,20 +18,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from opentelemetry.trace import TracerProvider
 
-from gateway import auth, discovery
-from gateway.cluster import Cluster, HttpPeers
-from gateway.docs import install_offline_docs
+from gateway.api import auth
+from gateway.fleet import discovery
+from gateway.fleet.cluster import Cluster, HttpPeers
+from gateway.api.docs import install_offline_docs
 from gateway.errors import ErrorKind, install_error_handlers
-from gateway.guards import RequestGuards
+from gateway.api.guards import RequestGuards
 from gateway.metrics import GatewayMetrics
-from gateway.model_manager import ModelManager
-from gateway.observer import REFUSAL_REASONS, RequestObserver
-from gateway.pool import TritonPool
-from gateway.routes import router
-from gateway.service import RerankService
+from gateway.serving.model_manager import ModelManager
+from gateway.api.observer import REFUSAL_REASONS, RequestObserver
+from gateway.fleet.pool import TritonPool
+from gateway.api.routes import router
+from gateway.serving.service import RerankService
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
-from gateway.triton import TritonBackend
+from gateway.serving.triton import TritonBackend
 
 log = logging.getLogger(__name__)
 

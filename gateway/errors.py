@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from pydantic import BaseModel
 
-from gateway import protocol
+from gateway.api import protocol
 
 
 class ErrorKind(str, Enum):

@@ -96,7 +96,7 @@ class GatewayMetrics:
             registry=r,
         )
         self.cluster_generation = Gauge(
-            "reranker_cluster_generation", "Generation of the cluster state this gateway serves by (gateway.cluster; "
+            "reranker_cluster_generation", "Generation of the cluster state this gateway serves by (gateway.fleet.cluster; "
             "0 alone or before the first): gateways of one cluster that differ for long have missed a switch.",
             registry=r,
         )

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway import discovery
+from gateway.fleet import discovery
 from rerank_engine import catalog
 
 
@@ -72,14 +72,14 @@ class GatewaySettings(BaseSettings):
         64, ge=1,
         description="Most rows of bulk requests (priority > 0) at Triton at once, per model, in chunks no larger; "
         "more wait in the gateway. Bounds the bulk work an interactive request finds ahead of it or in its batch "
-        "(gateway/priority.py). Unset: no bound, bulk fills whole batches.",
+        "(gateway/serving/priority.py). Unset: no bound, bulk fills whole batches.",
     )
     dispatch_window_rows: int | None = Field(
         None, ge=1,
         description="Most rows of any priority at Triton at once, per model; more wait in the gateway, the most "
         "urgent first, and each answered chunk lets the next one in at once. With priority levels or a queue "
         "policy, Triton's dynamic batcher does not build a batch ahead: a batch that ends without a new request "
-        "arriving can leave the instance idle for up to 0.5 s (gateway/priority.py). Unset: no window.",
+        "arriving can leave the instance idle for up to 0.5 s (gateway/serving/priority.py). Unset: no window.",
     )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
     switch_coordinator: str = Field(

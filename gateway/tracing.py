@@ -11,7 +11,7 @@ What traces what:
   Only the channel of this app's Triton client is instrumented, and only calls
   made inside a traced request are: the liveness watcher's polling is not.
 - Hand-written spans where no instrumentation exists: waiting for a model
-  lease, and a switch's lock, load and drain (gateway/model_manager.py).
+  lease, and a switch's lock, load and drain (gateway/serving/model_manager.py).
 - `RequestObserver` puts the model, documents, tokens, truncated count and
   outcome on the request span, the trace id in the `trace-id` response header
   and in the request's access log line.

@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
-from gateway import auth
+from gateway.api import auth
 from gateway.app import create_app
-from gateway.auth import Scope
+from gateway.api.auth import Scope
 from gateway.settings import GatewaySettings
 from tests.app.conftest import in_process
 from tests.app.test_metrics import samples, value

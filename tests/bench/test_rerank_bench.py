@@ -286,7 +286,7 @@ def test_a_default_model_that_cannot_load_fails_the_stack_start_at_once(tmp_path
     serve = object.__new__(ServeProcess)
     serve.url = f"http://127.0.0.1:{free_ports(1)[0]}"
     serve.log = tmp_path / "serve.log"
-    serve.log.write_text("... ERROR gateway.model_manager: default model qwen3-reranker-8b is not active: "
+    serve.log.write_text("... ERROR gateway.serving.model_manager: default model qwen3-reranker-8b is not active: "
                          "models/Qwen3-Reranker-8B is missing\n")
     serve.process = subprocess.Popen(["sleep", "30"])
     try:

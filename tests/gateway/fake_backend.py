@@ -1,4 +1,4 @@
-"""An in-memory stand-in for Triton (`gateway.triton.InferenceBackend`), for
+"""An in-memory stand-in for Triton (`gateway.serving.triton.InferenceBackend`), for
 the fast unit tests of the model manager, the replica pool and the cluster's
 coordinator: models load, unload and score in memory, with delays, failures
 and outages the test controls. The real-Triton tests (tests/app,
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.triton import ModelState, PairOptions, ScoreOutputs
+from gateway.serving.triton import ModelState, PairOptions, ScoreOutputs
 from rerank_engine.model_config import ModelConfig
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import auth
+from gateway.api import auth
 from gateway.app import create_app
-from gateway.auth import KeyConfigError, KeyRing, Scope, parse_keys
+from gateway.api.auth import KeyConfigError, KeyRing, Scope, parse_keys
 from gateway.settings import GatewaySettings
 
 SCORE_KEY = "sk-score-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Cluster-wide switching (gateway.cluster) with several gateways in one
+"""Cluster-wide switching (gateway.fleet.cluster) with several gateways in one
 process: each has its own model manager and replica pool over the same
 in-memory Tritons, and the calls between gateways go through an in-memory
 transport that can make a gateway unreachable. Checked: one switch loads once
@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from gateway import discovery
-from gateway.cluster import Cluster, PeerUnreachable
+from gateway.fleet import discovery
+from gateway.fleet.cluster import Cluster, PeerUnreachable
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import GatewayMetrics
-from gateway.model_manager import ModelManager
-from gateway.pool import TritonPool
+from gateway.serving.model_manager import ModelManager
+from gateway.fleet.pool import TritonPool
 from gateway.settings import GatewaySettings
 from tests.gateway.fake_backend import FakeTriton
 from tests.gateway.test_pool import until

@@ -9,7 +9,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from gateway import discovery
+from gateway.fleet import discovery
 from gateway.settings import GatewaySettings
 from launcher.process import free_ports
 from tests import dns_server

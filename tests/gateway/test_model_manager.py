@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import GatewayMetrics
-from gateway.model_manager import ModelManager
+from gateway.serving.model_manager import ModelManager
 from gateway.settings import GatewaySettings
 from tests.gateway.fake_backend import FakeTriton
 

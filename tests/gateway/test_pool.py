@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from gateway import discovery
+from gateway.fleet import discovery
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pool import TritonPool
+from gateway.fleet.pool import TritonPool
 from tests.gateway.fake_backend import FakeTriton
 
 pytestmark = pytest.mark.anyio

@@ -13,9 +13,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from gateway.metrics import RequestRecord
-from gateway.priority import RowBudget, triton_priority_level
-from gateway.protocol import RerankRequest
-from gateway.service import RerankService
+from gateway.serving.priority import RowBudget, triton_priority_level
+from gateway.api.protocol import RerankRequest
+from gateway.serving.service import RerankService
 from rerank_engine.model_config import ModelConfig
 from tests.gateway.fake_backend import FakeTriton
 from tests.gateway.test_model_manager import started

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.errors import STATUS, ErrorKind
-from gateway.protocol import RerankPairRequest, SwitchModelRequest
+from gateway.api.protocol import RerankPairRequest, SwitchModelRequest
 from gateway.settings import GatewaySettings
 from rerank_engine import catalog
 

@@ -8,8 +8,8 @@ import pytest
 
 from gateway.errors import STATUS, ErrorKind, GatewayError
 from gateway.metrics import RequestRecord
-from gateway.protocol import RerankRequest
-from gateway.service import RerankService
+from gateway.api.protocol import RerankRequest
+from gateway.serving.service import RerankService
 from tests.gateway.fake_backend import FakeTriton
 from tests.gateway.test_model_manager import started
 

@@ -6,7 +6,7 @@ import pytest
 from tritonclient.grpc import InferenceServerException
 
 from gateway.errors import STATUS, ErrorKind, field_path
-from gateway.triton import _translate, classify
+from gateway.serving.triton import _translate, classify
 
 
 @pytest.mark.parametrize(

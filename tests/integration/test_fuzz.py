@@ -22,7 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance, status_code_conformance
 
-from gateway import auth
+from gateway.api import auth
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from rerank_engine.scoring import Pair
@@ -36,7 +36,7 @@ module near a minute on 2 cores."""
 
 ERROR_KEYS = {"error", "error_type", "field", "detail"}  # detail: the message again, for FastAPI and Jina clients
 GUARD_STATUSES = {413, 415, 429}
-"""Answered by gateway/guards.py before any route, and in README's error table, but not in the OpenAPI."""
+"""Answered by gateway/api/guards.py before any route, and in README's error table, but not in the OpenAPI."""
 SCORING = ("POST /rerank", "POST /v1/rerank", "POST /v2/rerank", "POST /v1/score")
 
 answers: defaultdict[str, Counter[int]] = defaultdict(Counter)

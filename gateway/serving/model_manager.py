@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.leases import Leases
+from gateway.serving.leases import Leases
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
-from gateway.triton import InferenceBackend
+from gateway.serving.triton import InferenceBackend
 from rerank_engine import catalog
 from rerank_engine.model_config import ModelConfig
 
@@ -197,7 +197,7 @@ class ModelManager:
         finally:
             self._switch_lock.release()
 
-    # --- the steps of a switch, also taken one by one by a cluster's coordinator (gateway.cluster)
+    # --- the steps of a switch, also taken one by one by a cluster's coordinator (gateway.fleet.cluster)
     async def ensure_loaded(self, target: str) -> float:
         """Load `target` where it is not loaded yet; the seconds spent loading (0 when nothing was)."""
         started = time.perf_counter()

@@ -14,7 +14,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from gateway.auth import PUBLIC
+from gateway.api.auth import PUBLIC
 
 ASSETS_PATH = "/docs-assets"
 
@@ -49,7 +49,7 @@ def install_offline_docs(app: FastAPI) -> None:
             with_google_fonts=False,
         )
 
-    # Open like FastAPI's own docs routes (gateway.auth.mark_public): reading the API needs no key.
+    # Open like FastAPI's own docs routes (gateway.api.auth.mark_public): reading the API needs no key.
     for route in app.routes:
         if getattr(route, "path", None) in ("/docs", "/redoc", ASSETS_PATH):
             route.required_scope = PUBLIC

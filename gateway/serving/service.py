@@ -16,9 +16,9 @@ import numpy as np
 
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import RequestRecord
-from gateway.model_manager import ModelManager
-from gateway.priority import RowBudget, is_bulk, triton_priority_level
-from gateway.protocol import (
+from gateway.serving.model_manager import ModelManager
+from gateway.serving.priority import RowBudget, is_bulk, triton_priority_level
+from gateway.api.protocol import (
     HealthResponse,
     ModelsResponse,
     OpenAIModel,
@@ -41,12 +41,12 @@ from gateway.protocol import (
     clean_text,
 )
 from gateway.settings import GatewaySettings
-from gateway.triton import InferenceBackend, PairOptions, ScoreOutputs
+from gateway.serving.triton import InferenceBackend, PairOptions, ScoreOutputs
 from rerank_engine import catalog
 from rerank_engine.model_config import ModelConfig
 
 if TYPE_CHECKING:
-    from gateway.cluster import Cluster
+    from gateway.fleet.cluster import Cluster
 
 
 class RerankService:

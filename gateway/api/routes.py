@@ -1,6 +1,6 @@
 """HTTP routes: parse, call the service, answer. Nothing else lives here.
 
-Every route sits on a router of the scope it needs (gateway/auth.py): a route
+Every route sits on a router of the scope it needs (gateway/api/auth.py): a route
 added to `scored`, `admin` or `public` is protected (or open) like its
 neighbours, and the app refuses to start with a route on none of them.
 Peer-only routes (`internal`, under /internal/) are `admin`.
@@ -11,11 +11,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.auth import PUBLIC, Scope, scoped_route_class
-from gateway.cluster import INTERNAL_PREFIX
+from gateway.api.auth import PUBLIC, Scope, scoped_route_class
+from gateway.fleet.cluster import INTERNAL_PREFIX
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import CONTENT_TYPE, RequestRecord
-from gateway.protocol import (
+from gateway.api.protocol import (
     PRIORITY_HEADER,
     ActivateRequest,
     ErrorResponse,
@@ -34,7 +34,7 @@ from gateway.protocol import (
     TeiRank,
     TeiRerankRequest,
 )
-from gateway.service import RerankService
+from gateway.serving.service import RerankService
 
 ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
@@ -139,7 +139,7 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-# Calls between gateways (gateway.cluster): admin only, out of the public API and its schema. A gateway
+# Calls between gateways (gateway.fleet.cluster): admin only, out of the public API and its schema. A gateway
 # sends RERANKER_PEER_API_KEY, which must be an admin key of the others when keys are configured.
 internal = APIRouter(prefix=INTERNAL_PREFIX, route_class=scoped_route_class(Scope.ADMIN), include_in_schema=False)
 

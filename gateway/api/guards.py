@@ -12,7 +12,7 @@ from prometheus_client import Gauge
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.auth import matched_route
+from gateway.api.auth import matched_route
 from gateway.errors import ErrorKind, error_body
 
 

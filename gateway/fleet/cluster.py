@@ -7,7 +7,7 @@ generation number that grows with every switch (with the epoch of the
 coordinator process that made it). The coordinator holds it and runs one
 switch at a time:
 
-1. load the target on every Triton replica (gateway.pool);
+1. load the target on every Triton replica (gateway.fleet.pool);
 2. make it active on itself and on every gateway (`POST /internal/activate`,
    all at once): new requests use it from then on;
 3. wait until every gateway has drained its requests on the old model (or
@@ -39,10 +39,10 @@ from typing import Protocol
 
 import httpx
 
-from gateway import discovery
+from gateway.fleet import discovery
 from gateway.errors import ErrorKind, GatewayError
-from gateway.model_manager import ModelManager, SwitchResult
-from gateway.pool import LOAD_RETRY_S, TritonPool
+from gateway.serving.model_manager import ModelManager, SwitchResult
+from gateway.fleet.pool import LOAD_RETRY_S, TritonPool
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from gateway import discovery
+from gateway.fleet import discovery
 from gateway.errors import ErrorKind, GatewayError
-from gateway.triton import InferenceBackend, ModelState, PairOptions, ScoreOutputs
+from gateway.serving.triton import InferenceBackend, ModelState, PairOptions, ScoreOutputs
 from rerank_engine.model_config import ModelConfig
 
 log = logging.getLogger(__name__)

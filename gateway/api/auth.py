@@ -17,7 +17,7 @@ RERANKER_METRICS_REQUIRE_KEY asks for a key). `admin` grants the other two:
 an operator who may switch models may also check the result.
 
 Each route declares the scope it needs through the router it is on
-(`scoped_router` in gateway/routes.py), as an attribute of its route class,
+(`scoped_router` in gateway/api/routes.py), as an attribute of its route class,
 so a route added to a router inherits the router's scope. `check_declared`
 refuses an app with a route that declares none, so nothing is open by
 omission. `Authenticator` checks the key as a plain ASGI middleware, before

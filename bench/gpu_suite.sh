@@ -43,8 +43,36 @@ bge_instances() {  # bge_instances PREFIX N...: (c) at each Triton instance coun
   done
 }
 
+seed_variant() {  # seed_variant NAME REPOSITORY [VAR=VALUE...]: short seed-load levels on one stack of its own
+  local name=$1 repo=$2; shift 2
+  step "seed-$name" 200 env "$@" CUDA_VISIBLE_DEVICES=0 python -m bench.seed_load --serve bge --models-dir "$MODELS" \
+    --model-repository "$repo" --processes "${SEED_PROCESSES:-4}" --duration "${SEED_AB_DURATION:-10}" --warmup 2 \
+    --level c1 --level seed:200 --level seed:1000 --level mixed:200 --out "$RESULTS/seed-$name"
+}
+
 for name in "$@"; do
   case "$name" in
+    seed-load)  # issue 24: the seed's own load test (single pairs from 200 and 1,000 clients, 1x10 mixed, c=1) as
+      # shipped, each level again with twice the generator processes, then two hot switches under 200 clients
+      step seed-load 560 "${one_gpu[@]}" python -m bench.seed_load --serve bge --models-dir "$MODELS" \
+        --processes "${SEED_PROCESSES:-4}" --duration "${SEED_DURATION:-20}" --level c1 --level seed:200 \
+        --level seed:1000 --level mixed:200 --check-generator --switch "${SEED_SWITCH:-qwen3-reranker-8b-fp8,bge}" \
+        --profile --out "$RESULTS/seed-load" ;;
+    seed-load-ab)  # issue 24: the gateway's workers and coalescing, and Triton's batching, one stack each
+      python -m bench.repo_variant --out /tmp/repo-noprio --no-priority --max-queue-delay-us 0 >/dev/null
+      for variant in ${SEED_VARIANTS:-w8 w8-plain w1 w8-noprio}; do
+        case "$variant" in
+          w8) seed_variant w8 model_repository RERANKER_WORKERS=8 ;;
+          w8-plain) seed_variant w8-plain model_repository RERANKER_WORKERS=8 RERANKER_COALESCE_MAX_ROWS=0 ;;
+          w1) seed_variant w1 model_repository RERANKER_WORKERS=1 RERANKER_COALESCE_MAX_ROWS=0 ;;
+          w8-noprio) seed_variant w8-noprio /tmp/repo-noprio RERANKER_WORKERS=8 ;;
+          w8-return)  # AB_MODEL_FILE: a reranker_model.py that returns its responses after the telemetry
+            python -m bench.repo_variant --out /tmp/repo-return --model-file "$AB_MODEL_FILE" >/dev/null
+            seed_variant w8-return /tmp/repo-return RERANKER_WORKERS=8 ;;
+          w8-unbounded) seed_variant w8-unbounded model_repository RERANKER_WORKERS=8 RERANKER_COALESCE_MAX_IN_FLIGHT=64 ;;
+          *) echo "unknown seed variant $variant" >&2 ;;
+        esac
+      done ;;
     models)  # random-weight models of the real sizes, with the real tokenizers
       # shellcheck disable=SC2086
       step models 400 python -m bench.random_models --models-dir "$MODELS" --tokenizers "$TOKENIZERS" $BUILD ;;

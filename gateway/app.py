@@ -29,6 +29,7 @@ from gateway.serving.model_manager import ModelManager
 from gateway.api.observer import REFUSAL_REASONS, RequestObserver
 from gateway.fleet.pool import TritonPool
 from gateway.api.routes import router
+from gateway.serving.coalescer import Coalescer
 from gateway.serving.service import RerankService
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
@@ -42,7 +43,10 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics()
     metrics.start_at_zero([kind.value for kind in ErrorKind] + list(REFUSAL_REASONS.values()))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = "" if settings.worker_index is None else f"worker {settings.worker_index} "
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s {worker}%(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call between gateways: every poll
     keys = auth.KeyRing.from_settings(settings)  # a malformed key file stops the start here
     policy = auth.AccessPolicy(settings)
     tracing = Tracing(tracer_provider) if tracer_provider is not None else Tracing.from_settings(settings)
@@ -71,7 +75,14 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
         if settings.in_cluster:
             cluster = Cluster(models, triton, settings,
                               HttpPeers(settings.peer_api_key.get_secret_value(), settings.peer_timeout_s))
-        app.state.service = RerankService(triton, models, settings, cluster)
+        scorer = triton
+        if settings.coalesce_max_rows:
+            scorer = Coalescer(
+                triton, lambda model: models.loaded[model].max_batch_size if model in models.loaded else 1,
+                settings.request_timeout_s, settings.coalesce_max_rows, settings.coalesce_max_in_flight,
+                settings.coalesce_window_ms / 1000, observe=metrics.coalesced.observe,
+            )
+        app.state.service = RerankService(scorer, models, settings, cluster)
         if cluster is None:
             await models.start()
             background = asyncio.create_task(models.watch(settings.triton_watch_interval_s))

@@ -10,20 +10,31 @@ once the model names are read from Triton) start at 0: Prometheus sees a
 series that first appears at 1 as no change, so the first refusal or first
 switch to a model would otherwise never show in `rate`, `increase` or
 `changes`.
+
+Under `reranker gateway` with several workers (launcher/workers.py) each
+worker writes its series to files in `PROMETHEUS_MULTIPROC_DIR`
+(prometheus_client's multiprocess mode), and `/metrics` on any worker sums
+them: counters and histograms over every worker that ever ran, the in-flight
+gauge over the live ones; `reranker_active_model` is 1 for a model any live
+worker sends new requests to, and `reranker_cluster_generation` the lowest
+generation a live worker serves by (one lagging behind shows).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Latency of a rerank call spans a 1-pair CPU request to 1,000 documents on an 8B model.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DOCUMENT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+COALESCED_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SWITCH_BUCKETS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -56,6 +67,8 @@ class GatewayMetrics:
     """One registry per app, so several apps in one process (tests) never collide."""
 
     def __init__(self) -> None:
+        # Read by prometheus_client when it is imported: set by the worker supervisor before a worker starts.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         r = self.registry
         self.request_seconds = Histogram(
@@ -79,7 +92,8 @@ class GatewayMetrics:
             "reranker_request_tokens", "Tokens scored per request, after truncation.",
             ["route", "model"], buckets=TOKEN_BUCKETS, registry=r,
         )
-        self.in_flight = Gauge("reranker_requests_in_flight", "Scoring requests being served now.", registry=r)
+        self.in_flight = Gauge("reranker_requests_in_flight", "Scoring requests being served now.", registry=r,
+                               multiprocess_mode="livesum")
         self.rejections = Counter(
             "reranker_rejections_total", "Requests answered with an error, by reason.", ["reason"], registry=r
         )
@@ -93,12 +107,16 @@ class GatewayMetrics:
         )
         self.active_model = Gauge(
             "reranker_active_model", "1 for the model new requests go to, 0 for models active before.", ["model"],
-            registry=r,
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.coalesced = Histogram(
+            "reranker_coalesced_calls", "Scoring calls carried by each coalesced Triton request "
+            "(RERANKER_COALESCE_MAX_ROWS).", buckets=COALESCED_BUCKETS, registry=r,
         )
         self.cluster_generation = Gauge(
             "reranker_cluster_generation", "Generation of the cluster state this gateway serves by (gateway.fleet.cluster; "
             "0 alone or before the first): gateways of one cluster that differ for long have missed a switch.",
-            registry=r,
+            registry=r, multiprocess_mode="livemin",
         )
 
     def start_at_zero(self, reasons: Iterable[str]) -> None:
@@ -139,5 +157,9 @@ class GatewayMetrics:
             self.queue_seconds.labels(model).observe(record.queue_s or 0.0)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # every worker's files, summed as each metric's mode says
+        MultiProcessCollector(registry, self.multiprocess_dir)
+        return generate_latest(registry)
 

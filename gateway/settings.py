@@ -3,6 +3,7 @@ variables (or given by the command line), validated at start-up."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,18 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address the gateway listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the gateway listens on.")
+    workers: int = Field(
+        0, ge=0, le=64,
+        description="Gateway worker processes serving the one port (launcher/workers.py), as one cluster on "
+        "loopback: a switch through any of them switches all. 0: auto, half the machine's cores, 1 to 8 (one "
+        "Python process serves ~1,000-2,000 requests/s). Always 1 in a cluster of gateways "
+        "(RERANKER_SWITCH_COORDINATOR): scale those with more gateways.",
+    )
+    worker_index: int | None = Field(
+        None, ge=0,
+        description="Set by `reranker gateway` for each of its worker processes (0 is their switch coordinator); "
+        "not a setting to give by hand.",
+    )
     triton_url: str = Field(
         "localhost:8101",
         description="Triton's gRPC endpoints: host:port, a comma-separated list of them, or dns:///name:port (every "
@@ -80,6 +93,19 @@ class GatewaySettings(BaseSettings):
         "urgent first, and each answered chunk lets the next one in at once. With priority levels or a queue "
         "policy, Triton's dynamic batcher does not build a batch ahead: a batch that ends without a new request "
         "arriving can leave the instance idle for up to 0.5 s (gateway/serving/priority.py). Unset: no window.",
+    )
+    coalesce_max_rows: int = Field(
+        32, ge=0,
+        description="Scoring calls of at most this many rows, for the same model, options and priority, are sent "
+        "to Triton together (gateway/serving/coalescer.py); each caller gets its own rows back. 0: off.",
+    )
+    coalesce_max_in_flight: int = Field(
+        4, ge=1,
+        description="Coalesced requests per model and priority level at Triton at once, per worker process; calls "
+        "arriving meanwhile wait for one to come back (at most coalesce_window_ms) and go out together.",
+    )
+    coalesce_window_ms: float = Field(
+        2.0, ge=0, description="Longest a small call waits for company once coalesce_max_in_flight is reached.",
     )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
     switch_coordinator: str = Field(
@@ -160,7 +186,19 @@ class GatewaySettings(BaseSettings):
         if self.switch_coordinator and not self.advertised_url:
             raise ValueError("advertised_url (RERANKER_ADVERTISED_URL) is required with switch_coordinator: "
                              "it tells the coordinator which gateway it is")
+        if self.workers > 1 and self.switch_coordinator and self.worker_index is None:
+            raise ValueError("workers (RERANKER_WORKERS) must be 0 or 1 in a cluster of gateways "
+                             "(RERANKER_SWITCH_COORDINATOR): each gateway of a cluster is one process; add gateways")
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes `reranker gateway` starts."""
+        if self.worker_index is not None or self.switch_coordinator:
+            return 1
+        if self.workers:
+            return self.workers
+        return max(1, min(8, (os.cpu_count() or 2) // 2))
 
     @property
     def in_cluster(self) -> bool:

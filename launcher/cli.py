@@ -49,6 +49,7 @@ def _triton_flags(parser: argparse.ArgumentParser) -> None:
 def _gateway_flags(parser: argparse.ArgumentParser, with_triton_url: bool) -> None:
     _flag(parser, GatewaySettings, "host", "--host")
     _flag(parser, GatewaySettings, "port", "--port", type=int)
+    _flag(parser, GatewaySettings, "workers", "--workers", type=int)
     _flag(parser, GatewaySettings, "default_model", "--model")
     _flag(parser, GatewaySettings, "api_keys_file", "--api-keys-file", type=Path)
     _flag(parser, GatewaySettings, "otlp_endpoint", "--otlp-endpoint")
@@ -199,6 +200,10 @@ def _triton_invocation(settings: TritonSettings) -> tuple[list[str], dict[str, s
 
 
 def _run_gateway(settings: GatewaySettings) -> int:
+    if settings.worker_count > 1:
+        from launcher import workers
+
+        return workers.run(settings)
     import uvicorn
 
     from gateway.app import create_app

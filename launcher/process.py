@@ -28,8 +28,10 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+def spawn(command: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """`pass_fds`: open descriptors the child inherits (the listening sockets of a gateway worker)."""
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent,
+                            pass_fds=pass_fds)
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 40.0) -> int:
@@ -93,9 +95,13 @@ class Supervised:
     the parent-death signal (tied to the spawning thread) holds for every child.
     """
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.command, self.env = command, env
-        self.process = spawn(command, env)
+    def __init__(self, command: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (),
+                 name: str | None = None, on_exit=None) -> None:
+        """`on_exit(pid)`: called once a child that died is reaped, before it is started again."""
+        self.command, self.env, self.pass_fds = command, env, pass_fds
+        self.name = name or os.path.basename(command[0])
+        self.on_exit = on_exit
+        self.process = spawn(command, env, pass_fds)
         self.restarts = 0
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
@@ -109,11 +115,13 @@ class Supervised:
             if time.monotonic() - started > 60:
                 delay = 1.0
             log.warning("%s exited with code %s; starting it again in %.0f s",
-                        os.path.basename(self.command[0]), self.process.returncode, delay)
+                        self.name, self.process.returncode, delay)
             stop(self.process, grace_s=1)  # stubs left behind by a crashed server
+            if self.on_exit is not None:
+                self.on_exit(self.process.pid)
             if self._stopping.wait(delay):
                 return
-            self.process, started = spawn(self.command, self.env), time.monotonic()
+            self.process, started = spawn(self.command, self.env, self.pass_fds), time.monotonic()
             self.restarts += 1
             delay = min(delay * 2, 30.0)
 

@@ -26,8 +26,8 @@ class RequestGuards:
         self.max_bytes = max_request_bytes
         self.max_in_flight = max_concurrent_requests
         self.in_flight = 0
-        if in_flight_gauge is not None:  # the metric reads the count the bound is enforced on
-            in_flight_gauge.set_function(lambda: self.in_flight)
+        self.in_flight_gauge = in_flight_gauge  # moved with the count (a gauge that calls back cannot be summed
+        # over worker processes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or matched_route(scope) is None:
@@ -44,10 +44,14 @@ class RequestGuards:
                 message = f"{self.in_flight} requests in flight, the limit (RERANKER_MAX_CONCURRENT_REQUESTS); retry"
                 return await self._refuse(scope, receive, send, 429, message, {"retry-after": "1"})
             self.in_flight += 1
+            if self.in_flight_gauge is not None:
+                self.in_flight_gauge.inc()
             try:
                 return await self._checked(scope, receive, send)
             finally:
                 self.in_flight -= 1
+                if self.in_flight_gauge is not None:
+                    self.in_flight_gauge.dec()
         return await self._checked(scope, receive, send)
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -35,7 +35,8 @@ from gateway.tracing import current_trace_id, trace_id_from_traceparent
 # Refusals made before any handler runs (the guards, Starlette's router) carry no error type.
 REFUSAL_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
                    415: "unsupported_media_type", 429: "in_flight_limit"}
-UNOBSERVED_PATHS = ("/metrics",)  # scrapes would otherwise dominate the request metrics and the log
+UNOBSERVED_PATHS = ("/metrics", "/internal/cluster")  # scrapes and polls between gateways would otherwise
+# dominate the request metrics and the log
 TRACE_ID_HEADER = b"trace-id"
 
 access_log = logging.getLogger("gateway.access")

@@ -155,7 +155,15 @@ class Cluster:
         if self.is_coordinator:
             if await self.manager.wait_for_triton():
                 await self._establish_logged()
-        else:
+            return
+        await self.poll()
+        if self.settings.worker_index is None:
+            return  # a gateway of its own: it serves (503 until it has a model) while it catches up
+        # A worker of one gateway takes no request before it serves by the coordinator's state: its socket
+        # queues the connections meanwhile. The coordinator may be loading the first model (minutes for 8B).
+        deadline = time.monotonic() + self.settings.triton_startup_timeout_s + self.settings.model_load_timeout_s
+        while self.state is None and time.monotonic() < deadline:
+            await asyncio.sleep(self.settings.switch_poll_interval_s / 4)
             await self.poll()
 
     async def run(self) -> None:
@@ -222,7 +230,9 @@ class Cluster:
             if not ready:
                 log.info("no gateway or Triton replica has a model: switching to the default %s",
                          self.settings.default_model)
-                result = await self._coordinate(self.settings.default_model, keep_loaded=False)
+                # Nobody serves anything yet, so nobody is told: every gateway catches up by polling. (Workers
+                # of one gateway could not answer now anyway: they wait for this state before serving.)
+                result = await self._coordinate(self.settings.default_model, keep_loaded=False, push=False)
                 log.info("active model %s (loaded in %.1f s)", result.model, result.load_time_s)
                 return
             default = self.manager.known_name(self.settings.default_model)
@@ -236,8 +246,8 @@ class Cluster:
         self._serve_by(recovered)
         log.info("cluster state from %s: active %s, loaded %s", source, recovered.active, list(recovered.loaded))
 
-    async def _coordinate(self, requested: str, keep_loaded: bool) -> SwitchResult:
-        """One cluster-wide switch; the caller holds the switch lock."""
+    async def _coordinate(self, requested: str, keep_loaded: bool, push: bool = True) -> SwitchResult:
+        """One cluster-wide switch; the caller holds the switch lock. `push`: tell the other gateways now."""
         target = await self.manager.resolve(requested)
         state = self.state
         previous = state.active if state else None
@@ -253,7 +263,7 @@ class Cluster:
         await self.manager.activate(target)
         self._serve_by(new)
         started = time.monotonic()
-        urls = await self.peer_urls()
+        urls = [url for url in await self.peer_urls() if url != self.settings.advertised_url] if push else []
         body = {**new.as_dict(), "from_instance": self.instance, "drain_timeout_s": self.settings.drain_timeout_s}
         local_drain = self.manager.retire(retire) if retire else _nothing()
         _, *answers = await asyncio.gather(local_drain, *(self._push(url, body) for url in urls))

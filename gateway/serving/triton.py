@@ -93,6 +93,11 @@ class ScoreOutputs:
     compute_s: float  # engine time of the batch this request rode in
     round_trip_s: float  # gateway -> Triton -> gateway
 
+    def rows(self, start: int, end: int) -> "ScoreOutputs":
+        """Rows start..end, as if they had been a request of their own (a coalesced caller's share)."""
+        arrays = [getattr(self, f)[start:end] for f in contract.SCORE_OUTPUTS]
+        return ScoreOutputs(*arrays, self.compute_s, self.round_trip_s)
+
     @classmethod
     def concatenate(cls, parts: Sequence["ScoreOutputs"]) -> "ScoreOutputs":
         """Chunks scored concurrently, back in request order; times of the slowest chunk."""

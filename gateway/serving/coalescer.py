@@ -7,11 +7,11 @@ request in the dynamic batcher and one decode in the model, whatever its
 size; at thousands of single pairs a second those per-request costs, not the
 GPU, are the limit (issue 24: ~7,000 one-row requests/s through Triton's gRPC
 API, 36,000 pairs/s in 8-row ones). So a call of at most `small_rows` rows
-joins a group; the group's rows go out at the end of the event loop's
-current turn (everything that arrived meanwhile rides along: no added wait
-for a lone request), unless `max_in_flight` merged requests of the group are
-already at Triton. Then they wait for one to come back, but never longer
-than `window_s`. A merged request holds at most the model's
+joins a group (model, instruction, options, level). While the group has
+fewer than `max_in_flight` requests at Triton and nothing waiting, a call is
+sent at once, alone. Otherwise it waits: the waiting calls go out together at
+the end of the event loop's turn, or, once `max_in_flight` is reached, when
+one of the group's requests comes back, but never later than `window_s`. A merged request holds at most the model's
 `max_batch_size` rows.
 
 Each caller keeps its own deadline (it stops waiting at it; the merged
@@ -84,6 +84,8 @@ class Coalescer:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(key)
+        if not group.waiting and group.in_flight < self.max_in_flight:
+            return await self._alone(group, queries, documents, timeout_s)
         call = _Call(queries, documents, time.monotonic() + timeout_s, asyncio.get_running_loop().create_future())
         group.waiting.append(call)
         if not group.flush_scheduled:
@@ -95,6 +97,16 @@ class Coalescer:
             raise GatewayError(ErrorKind.BACKEND_TIMEOUT,
                                f"scoring with {model} did not finish within the {timeout_s:g} s limit "
                                "(RERANKER_REQUEST_TIMEOUT_S); the request was dropped") from None
+
+    async def _alone(self, group: _Group, queries, documents, timeout_s: float) -> ScoreOutputs:
+        """Nothing to wait for: sent at once from the caller's own task (no extra turn of the loop); calls that
+        arrive meanwhile gather behind it."""
+        model, instruction, options, level = group.key
+        group.in_flight += 1
+        try:
+            return await self.backend.score(model, queries, documents, instruction, options, timeout_s, level)
+        finally:
+            self._sent(group)
 
     def _flush(self, group: _Group, forced: bool) -> None:
         """Send what waits, in merged requests of at most the model's batch limit, while the group may."""
@@ -132,11 +144,15 @@ class Coalescer:
         try:
             await self._answer(batch, model, instruction, options, level)
         finally:
-            group.in_flight -= 1
-            if group.waiting and not group.flush_scheduled:
-                group.flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush, group, False)
-            self._settle(group)
+            self._sent(group)
+
+    def _sent(self, group: _Group) -> None:
+        """One of the group's requests is back: what waits goes out."""
+        group.in_flight -= 1
+        if group.waiting and not group.flush_scheduled:
+            group.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, group, False)
+        self._settle(group)
 
     async def _answer(self, batch: list[_Call], model: str, instruction: str | None, options: PairOptions,
                       level: int) -> None:

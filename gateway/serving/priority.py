@@ -1,29 +1,32 @@
-"""Request priority: vLLM's `priority` as Triton's dynamic-batcher levels,
-and the budget that keeps bulk work from filling Triton's batches.
+"""Request priority in the gateway: the budget that keeps bulk work from
+filling Triton's batches, the dispatch window that lets the most urgent in
+first, and vLLM's `priority` as Triton levels for a config that has them.
 
-Triton serves a model's queue most urgent level first, but it cannot preempt
-the batch in flight, and it fills the rest of an urgent request's batch with
-whatever else is queued, bulk included. Left alone, saturating bulk clients
-make every batch a full `max_batch_size` one, and an interactive request pays
-for the batch in flight plus a full batch of its own. So the gateway lets at
-most RERANKER_BULK_ROWS_IN_FLIGHT rows of bulk requests (priority > 0) be at
+No shipped config has Triton priority levels or a queue policy. With either,
+Triton 2.51's dynamic batcher builds no batch ahead ("prefetching"): it hands
+a batch over only when an instance is already waiting, and checks that when
+a request arrives or a batch ends. A batch that ends is reported before its
+instance is back to waiting, so when no request arrives after it the batcher
+sleeps up to 0.5 s with requests queued and the instance idle (core
+`dynamic_batch_scheduler.cc`, `default_wait_microseconds`). On 2 CPU cores
+that was 10-27% of sequential single pairs (README, Request priority).
+
+So priority is decided here. Triton serves its queue in arrival order and
+cannot preempt the batch in flight, and it fills an urgent request's batch
+with whatever else is queued. Left alone, saturating bulk clients make every
+batch a full `max_batch_size` one, and an interactive request pays for the
+batch in flight plus a full batch of its own. So the gateway lets at most
+RERANKER_BULK_ROWS_IN_FLIGHT rows of bulk requests (priority > 0) be at
 Triton per model, in chunks of half that (one computing while the next waits
 in Triton's queue, so the model never idles between them), and holds the
 rest in arrival order: an interactive request then finds at most one bulk
 chunk in flight ahead of it and one in its batch. Normal (0) and interactive
-(< 0) requests are never held.
+(< 0) requests are never held by it.
 
 The dispatch window (RERANKER_DISPATCH_WINDOW_ROWS, off by default) holds
-every priority the same way, for another reason: Triton 2.51's dynamic
-batcher builds a batch ahead ("prefetching") only when a model has neither
-priority levels nor a queue policy. Without it, the batcher hands a batch
-over only when an instance is already waiting, and it checks that when a
-request arrives or a batch ends. A batch that ends is reported before its
-instance is back to waiting. When no request arrives after it, the batcher
-sleeps up to 0.5 s with requests queued and the instance idle (core
-`dynamic_batch_scheduler.cc`, `default_wait_microseconds`). With the window,
-each answered chunk sends a held one at once. That new request wakes the
-batcher again, after the instance is back to waiting.
+every priority the same way, most urgent first (lowest `priority`): a bound
+on what one model has at Triton, so that an urgent request waits behind at
+most that many rows. Both bounds are per gateway worker process.
 """
 
 from __future__ import annotations

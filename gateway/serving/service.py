@@ -205,7 +205,7 @@ class RerankService:
             size = min(size, max(budget.limit // 2, 1))
 
         window = self._window(model)
-        urgency = level or model.default_priority_level  # level 0 asks for the model's default level
+        urgency = priority  # vLLM's: lower first; the gateway orders by it whether or not the model has levels
 
         async def chunk(start: int) -> ScoreOutputs:
             rows = (queries[start : start + size], documents[start : start + size])

@@ -60,7 +60,8 @@ async def test_concurrent_small_calls_share_one_request_and_each_gets_its_own_ro
     scorer = coalescer(backend)
     calls = [(f"q{i}", [f"d{i}-{j}" for j in range(i % 3 + 1)]) for i in range(6)]
     answers = await asyncio.gather(*(scorer.score("m", [q] * len(docs), docs) for q, docs in calls))
-    assert len(backend.calls) == 1 and backend.calls[0]["rows"] == sum(len(d) for _, d in calls)
+    # The first goes at once, alone (the in-flight bound is 1 here); the five behind it go together.
+    assert [c["rows"] for c in backend.calls] == [1, sum(len(d) for _, d in calls[1:])]
     for (query, documents), outputs in zip(calls, answers):
         assert outputs.score.tolist() == expected(query, documents)
         assert outputs.raw_score.tolist() == pytest.approx([10 * s for s in expected(query, documents)])
@@ -78,8 +79,9 @@ async def test_model_options_instruction_and_level_are_never_mixed():
     )
     keys = sorted((c["model"], c["instruction"] or "", c["options"].max_tokens or 0, c["level"], c["rows"])
                   for c in backend.calls)
-    assert keys == [("a", "", 0, 0, 2), ("a", "", 0, 1, 1), ("a", "", 5, 0, 1), ("a", "judge", 0, 0, 1),
-                    ("b", "", 0, 0, 1)]
+    # Each group's first call goes at once; only the plain "a" group had a second, sent after the first.
+    assert keys == [("a", "", 0, 0, 1), ("a", "", 0, 0, 1), ("a", "", 0, 1, 1), ("a", "", 5, 0, 1),
+                    ("a", "judge", 0, 0, 1), ("b", "", 0, 0, 1)]
 
 
 async def test_a_large_call_goes_straight_through():
@@ -159,26 +161,35 @@ async def test_a_caller_cancelled_before_sending_is_left_out():
 async def test_each_caller_keeps_its_own_deadline():
     backend = RowBackend()
     backend.release = asyncio.Event()
-    scorer = coalescer(backend, max_in_flight=4)
+    scorer = coalescer(backend, max_in_flight=1, window_s=10.0)
+    alone = asyncio.ensure_future(scorer.score("m", ["q"], ["alone"], timeout_s=3.0))
+    await asyncio.sleep(0.01)
+    assert backend.calls[0]["timeout_s"] == 3.0  # sent at once, alone: the backend holds it to its deadline
     short = asyncio.ensure_future(scorer.score("m", ["q"], ["short"], timeout_s=0.05))
     long = asyncio.ensure_future(scorer.score("m", ["q"], ["long"], timeout_s=5.0))
     with pytest.raises(GatewayError) as failed:
-        await short
+        await short  # it waited behind the bound past its own deadline
     assert failed.value.kind is ErrorKind.BACKEND_TIMEOUT
-    assert backend.calls[0]["timeout_s"] > 1.0  # the merged request runs until the latest deadline
     backend.release.set()
     assert (await long).score.tolist() == expected("q", ["long"])
+    await alone
+    assert backend.calls[1]["rows"] == 1 and backend.calls[1]["timeout_s"] > 1.0  # the short one was left out
 
 
 async def test_a_bad_call_next_to_good_ones_fails_alone():
     backend = RowBackend()
+    backend.release = asyncio.Event()
     scorer = coalescer(backend)
+    first = asyncio.ensure_future(scorer.score("m", ["q"], ["first"]))  # holds the group's one place at Triton
+    await asyncio.sleep(0.01)
+    backend.release.set()
     good = [scorer.score("m", ["q"], [f"good-{i}"]) for i in range(3)]
     bad = scorer.score("m", ["q"], [POISON])
     *answers, refused = await asyncio.gather(*good, bad, return_exceptions=True)
     assert isinstance(refused, GatewayError) and refused.kind is ErrorKind.INVALID_REQUEST
     assert [a.score.tolist() for a in answers] == [expected("q", [f"good-{i}"]) for i in range(3)]
-    assert [c["rows"] for c in backend.calls][0] == 4  # merged first, then each sent again on its own
+    await first
+    assert [c["rows"] for c in backend.calls] == [1, 4, 1, 1, 1, 1]  # merged, then each sent again on its own
 
 
 async def test_a_backend_outage_fails_every_caller_with_its_error():

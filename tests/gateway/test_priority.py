@@ -1,11 +1,13 @@
-"""Request priority without a server: vLLM's priority as the shipped models'
-Triton levels, the queue policy of every level in every config, and the bulk
-row budget; the service sends the level, holds bulk chunks to the budget and
-every chunk to the dispatch window, most urgent first."""
+"""Request priority without a server: no shipped config has Triton priority
+levels or queue policies, vLLM's priority maps onto the levels of a config
+that has them, and the bulk row budget; the service sends the level, holds
+bulk chunks to the budget and every chunk to the dispatch window, most urgent
+first."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -25,23 +27,23 @@ CONFIGS = sorted([*REPOSITORY.glob("*/config.pbtxt"), *REPOSITORY.glob("*/config
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPOSITORY)))
-def test_every_config_has_three_levels_each_with_a_queue_policy(path):
-    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-    batching = config.dynamic_batching
-    assert batching.priority_levels == 3 and batching.default_priority_level == 2
-    assert sorted(batching.priority_queue_policy) == [1, 2, 3]
-    for level, policy in batching.priority_queue_policy.items():
-        # Each level still drops a request whose deadline passed in the queue (the gateway sends its deadline).
-        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT and policy.allow_timeout_override
-        assert 0 < policy.max_queue_size <= batching.default_queue_policy.max_queue_size, level
-    assert batching.priority_queue_policy[1].max_queue_size < batching.priority_queue_policy[3].max_queue_size
+def test_no_shipped_config_has_priority_levels_or_a_queue_policy(path):
+    # With either, Triton 2.51 builds no batch ahead and can leave an instance idle for 0.5 s with work queued:
+    # priority lives in the gateway (the bulk budget, the dispatch window), deadlines in the gRPC cancellation.
+    batching = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig()).dynamic_batching
+    assert batching.priority_levels == 0 and batching.default_priority_level == 0
+    assert not batching.HasField("default_queue_policy") and not batching.priority_queue_policy
+
+
+LEVELLED = ModelConfig(name="a", max_batch_size=8, max_queue_delay_us=0, inputs=(),
+                       parameters={"scorer": "cross_encoder"}, priority_levels=3, default_priority_level=2)
+"""A model of a user's own config with Triton priority levels (none of the shipped ones has them)."""
 
 
 @pytest.mark.parametrize(("priority", "level"), [(0, 0), (-1, 1), (-100, 1), (1, 3), (7, 3), (2**63 - 1, 3)])
-def test_vllm_priority_to_the_shipped_levels(priority, level):
+def test_vllm_priority_to_a_configs_levels(priority, level):
     # vLLM: lower is served first, 0 normal; Triton: level 1 most urgent, 0 means the model's default (2 here).
-    model = ModelConfig.from_pbtxt(REPOSITORY / "bge-reranker-base" / "config.pbtxt")
-    assert triton_priority_level(model, priority) == level
+    assert triton_priority_level(LEVELLED, priority) == level
 
 
 def test_a_model_without_levels_takes_every_priority_at_its_one_level():
@@ -92,11 +94,9 @@ async def test_a_cancelled_waiter_gives_back_nothing_it_did_not_get():
 
 
 async def levelled_service(max_batch_size: int, **settings) -> tuple[FakeTriton, RerankService]:
-    """A service on a fake Triton serving model "a" with the shipped three levels (2 the default)."""
+    """A service on a fake Triton serving model "a" with three levels (2 the default)."""
     triton = FakeTriton("a")
-    triton.configs["a"] = ModelConfig(name="a", max_batch_size=max_batch_size, max_queue_delay_us=0, inputs=(),
-                                      parameters={"scorer": "cross_encoder"}, priority_levels=3,
-                                      default_priority_level=2)
+    triton.configs["a"] = dataclasses.replace(LEVELLED, max_batch_size=max_batch_size)
     models = await started(triton)
     return triton, RerankService(triton, models, models.settings.model_copy(update=settings))
 

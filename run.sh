@@ -38,6 +38,28 @@ system_packages() {
   fi
 }
 
+docker_engine() {
+  # tests/test_docker_stack.py builds and runs the CPU compose stack: Debian's Docker engine, and
+  # debootstrap for its local base image. Without an engine the test skips, saying why.
+  local wanted=()
+  command -v dockerd >/dev/null || wanted+=(docker.io)
+  command -v debootstrap >/dev/null || wanted+=(debootstrap)
+  if [ ${#wanted[@]} -gt 0 ]; then apt_install "${wanted[@]}"; fi
+  docker info >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "run.sh: no Docker engine runs and starting one needs root: the container test will skip" >&2
+    return 0
+  fi
+  local log=/var/log/reranker-dockerd.log
+  echo "run.sh: starting dockerd (log: $log)" >&2
+  nohup dockerd >"$log" 2>&1 &
+  for _ in $(seq 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  echo "run.sh: dockerd did not answer in 60 s (see $log): the container test will skip" >&2
+}
+
 python_packages() {
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -56,6 +78,7 @@ case "${1:-}" in
   test)
     shift
     system_packages test
+    docker_engine
     python_packages engine,triton,minilm,test
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;

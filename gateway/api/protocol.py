@@ -335,6 +335,19 @@ class ScoreResponse(BaseModel):
     usage: ScoreUsage
 
 
+def _invocation_form(body: Any) -> str:
+    return "rerank" if isinstance(body, dict) and "query" in body else "score"
+
+
+InvocationRequest = Annotated[
+    Union[Annotated[RerankRequest, Tag("rerank")], Annotated[ScoreRequest, Tag("score")]],
+    Discriminator(_invocation_form),
+]
+"""SageMaker's one route, /invocations, routed by the body as vLLM routes it (its rerank request is tried first,
+then its score request): `query` (with `documents`) is a rerank request, anything else a score request. A body
+that fits neither is refused naming the field the chosen form lacks, not with vLLM's "no suitable handler"."""
+
+
 class SwitchModelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"model_name": "bge"}]})
 

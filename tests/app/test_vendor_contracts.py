@@ -136,6 +136,37 @@ async def test_vllm_score_api_max_model_len(api):
     assert "request a smaller truncation size" in response.text
 
 
+async def test_vllm_invocations(api):
+    # test_invocations: SageMaker's /invocations answers a rerank body as /rerank does.
+    query = "What is the capital of France?"
+    documents = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
+    request_args = {"model": MODEL_NAME, "query": query, "documents": documents}
+    rerank_response = await api.post("/rerank", json=request_args)
+    invocation_response = await api.post("/invocations", json=request_args)
+    assert rerank_response.status_code == invocation_response.status_code == 200, invocation_response.json()
+    rerank_output, invocation_output = rerank_response.json(), invocation_response.json()
+    assert rerank_output.keys() == invocation_output.keys()
+    for rerank_result, invocations_result in zip(rerank_output["results"], invocation_output["results"]):
+        assert rerank_result.keys() == invocations_result.keys()
+        assert rerank_result["relevance_score"] == pytest.approx(invocations_result["relevance_score"], rel=0.01)
+
+
+@pytest.mark.parametrize("fields", [{"queries": TEXTS_1, "documents": TEXTS_2}, {"text_1": TEXTS_1, "text_2": TEXTS_2},
+                                    {"data_1": TEXTS_1[0], "data_2": TEXTS_2}])
+async def test_vllm_invocations_routes_a_score_body_to_score(api, fields):
+    # Not in vLLM's tests; its router (vllm/entrypoints/sagemaker/api_router.py) tries the invocation types of
+    # vllm/entrypoints/pooling/factories.py in order, RerankRequest before ScoreRequest: a body that is no
+    # rerank request (no `query`) is scored as /score scores it.
+    score = await api.post("/score", json={"model": MODEL_NAME, **fields})
+    invocation = await api.post("/invocations", json={"model": MODEL_NAME, **fields})
+    assert score.status_code == invocation.status_code == 200, invocation.json()
+    count = len(fields.get("text_2") or fields.get("data_2") or fields["documents"])
+    assert _valid_score_response(invocation.json(), count) == pytest.approx(_valid_score_response(score.json(), count))
+    # Neither form: the rerank form's missing field is named (vLLM: 400 "Cannot find suitable handler").
+    refused = await api.post("/invocations", json={"model": MODEL_NAME, "query": "q"})
+    assert refused.status_code == 422 and refused.json()["field"] == "documents", refused.json()
+
+
 async def test_vllm_basic_models(api):
     # vLLM's test_basic, /v1/models half (this gateway has no /tokenize).
     response = await api.get("/v1/models")

@@ -98,7 +98,8 @@ class ScoringOptions(BaseModel):
         "token windows; its score is the best window's. Default: RERANKER_MAX_CHUNKS_PER_DOC (1: truncate).",
     )
     use_activation: bool | None = Field(
-        None, description="vLLM: false returns each model's raw score (the logit) as the score."
+        None, description="vLLM: false returns each model's raw score (the logit) as the score; a bi-encoder, "
+        "whose cosine has no activation, refuses it with 400."
     )
     user: str | None = Field(None, description="OpenAI/vLLM end-user id: accepted and ignored (named in the warnings).")
     request_id: str | None = Field(None, description="vLLM's request id: accepted and ignored (named in the warnings).")

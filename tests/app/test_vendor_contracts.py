@@ -167,6 +167,19 @@ async def test_vllm_invocations_routes_a_score_body_to_score(api, fields):
     assert refused.status_code == 422 and refused.json()["field"] == "documents", refused.json()
 
 
+async def test_vllm_use_activation_on_a_bi_encoder(api):
+    # vLLM's use_activation=false returns a cross-encoder's logit (test_vllm_use_activation_... below); a
+    # bi-encoder's score is a cosine with no activation to leave out, so this gateway refuses it, naming the
+    # field, rather than answer scores that look raw and are not.
+    body = {"model": MODEL_NAME, "query": TEXTS_1[0], "documents": TEXTS_2}
+    for path, request in [("/rerank", body), ("/v1/rerank", body), ("/score", {"model": MODEL_NAME, "text_1": TEXTS_1,
+                                                                             "text_2": TEXTS_2})]:
+        response = await api.post(path, json={**request, "use_activation": False})
+        assert response.status_code == 400, response.json()
+        assert response.json()["field"] == "use_activation" and "bi-encoder" in response.json()["error"]
+        assert (await api.post(path, json={**request, "use_activation": True})).status_code == 200
+
+
 async def test_vllm_basic_models(api):
     # vLLM's test_basic, /v1/models half (this gateway has no /tokenize).
     response = await api.get("/v1/models")

@@ -232,7 +232,7 @@ class TeiRerankRequest(BaseModel):
     )
 
     query: Text = Field(description="The search query.")
-    texts: list[Text] = Field(min_length=1, description="Candidate documents.")
+    texts: list[Text] = Field(description="Candidate documents; an empty list is refused as TEI does (400, `empty`).")
     truncate: bool | None = Field(
         None, description="false: refuse a pair longer than the model's limit with 400; default: cut it."
     )

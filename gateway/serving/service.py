@@ -107,6 +107,8 @@ class RerankService:
 
     async def rerank_tei(self, body: TeiRerankRequest, record: RequestRecord, priority: int = 0) -> list[TeiRank]:
         """TEI's answer: a bare list, so its warnings travel only in the `x-warnings` header."""
+        if not body.texts:  # TEI's status, error_type and message
+            raise GatewayError(ErrorKind.EMPTY, "`texts` cannot be empty", field="texts")
         self._check_count(len(body.texts), "texts")
         warnings: list[str] = []
         async with self._lease(None, warnings) as model:

@@ -248,6 +248,16 @@ async def test_tei_rerank(api):
     assert ranks[2]["index"] == 1 and ranks[2]["score"] < ranks[0]["score"]
 
 
+async def test_tei_rerank_empty_texts(api):
+    # router/src/http/server.rs, rerank: an empty `texts` is ErrorType::Empty, which TEI answers with 400 and
+    # {"error": "`texts` cannot be empty", "error_type": "empty"}.
+    response = await api.post("/rerank", json={"query": "test", "texts": []})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "`texts` cannot be empty" and body["error_type"] == "empty"
+    assert body["field"] == "texts"  # this gateway's addition, as on every error
+
+
 # --- Infinity: libs/infinity_emb/tests/end_to_end/test_torch_reranker.py --------------------------------------
 
 EIFFEL = "Where is the Eiffel Tower located?"

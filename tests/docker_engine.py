@@ -89,16 +89,16 @@ def base_image() -> str:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="rootfs-") as scratch:
         root = Path(scratch) / "root"
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, str(root), BASE_MIRROR],
-            check=True, capture_output=True, timeout=900,
-        )
+        debootstrap = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}"]
+        subprocess.run([*debootstrap, BASE_SUITE, str(root), BASE_MIRROR], check=True, capture_output=True, timeout=900)
         for certificate in certificates:
             shutil.copy2(certificate, root / "usr/local/share/ca-certificates" / certificate.name)
-        subprocess.run(["chroot", str(root), "/bin/sh", "-c", BASE_FINISH], check=True, capture_output=True, timeout=120)
+        subprocess.run(["chroot", str(root), "/bin/sh", "-c", BASE_FINISH], check=True, capture_output=True,
+                       timeout=120)
         changes = [arg for change in BASE_CHANGES for arg in ("--change", change)]
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(["docker", "import", *changes, "-", tag], stdin=tar.stdout, capture_output=True, text=True, timeout=600)
+        imported = subprocess.run(["docker", "import", *changes, "-", tag], stdin=tar.stdout, capture_output=True,
+                                  text=True, timeout=600)
         tar.wait()
         if imported.returncode != 0 or tar.returncode != 0:
             raise RuntimeError(f"docker import failed: {imported.stderr[-2000:]}")

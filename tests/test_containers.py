@@ -292,7 +292,8 @@ def _command(name: str, dockerfile: Path = DOCKERFILE) -> str:
 
 def test_base_images_are_build_arguments_defaulting_to_the_public_images():
     for dockerfile, expected in [(DOCKERFILE, {"PYTHON_IMAGE", "TRITON_IMAGE"}), (CPU_DOCKERFILE, {"PYTHON_IMAGE"})]:
-        froms = [args.split()[0] for instruction, args in _instructions(dockerfile.read_text()) if instruction == "FROM"]
+        instructions = _instructions(dockerfile.read_text())
+        froms = [args.split()[0] for instruction, args in instructions if instruction == "FROM"]
         assert {re.fullmatch(r"\$\{(\w+)\}", image)[1] for image in froms} == expected, (dockerfile.name, froms)
     assert {stage["base"] for stage in _stages(CPU_DOCKERFILE).values()} == {"python:3.11-slim"}
     assert _stage("gateway")["base"] == "python:3.11-slim"
@@ -313,8 +314,8 @@ def test_cpu_triton_is_the_pytriton_server_with_cpu_torch_and_minilm_as_a_non_ro
     cpu_env, gpu_env = _dockerfile_env("triton", CPU_DOCKERFILE), _dockerfile_env("triton")
     for key in ("RERANKER_MODEL_REPOSITORY", "RERANKER_MODELS_DIR", "RERANKER_TRITON_BIND_ADDRESS", "HF_HUB_OFFLINE"):
         assert cpu_env[key] == gpu_env[key], key
-    triton_extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["triton"]
-    assert triton_extra == ["nvidia-pytriton==0.7.0"]
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["triton"] == ["nvidia-pytriton==0.7.0"]
 
 
 def test_the_cpu_compose_file_swaps_the_triton_image_and_leaves_monitoring_out():
@@ -325,7 +326,8 @@ def test_the_cpu_compose_file_swaps_the_triton_image_and_leaves_monitoring_out()
     mounts = {target: source for source, target, _ in _volumes(triton)}
     assert mounts[MODELS_IN_IMAGE] == "models", "the weights: the named volume seeded from the image"
     assert _environment(gateway)["RERANKER_DEFAULT_MODEL"] == "minilm-l6"
-    assert _environment(gateway)["RERANKER_OTLP_ENDPOINT"] == _environment(triton)["RERANKER_TRITON_TRACE_ENDPOINT"] == ""
+    assert _environment(gateway)["RERANKER_OTLP_ENDPOINT"] == ""
+    assert _environment(triton)["RERANKER_TRITON_TRACE_ENDPOINT"] == ""
     for name in ("prometheus", "grafana", "jaeger"):
         assert services[name].get("profiles") == ["monitoring"], name
     assert not services["gateway"].get("profiles") and not triton.get("profiles")

@@ -6,26 +6,33 @@
 #   docker build --target triton  -t reranker-triton  .
 #   docker build --target gateway -t reranker-gateway .
 #
+# Machines without a GPU build Triton from Dockerfile.cpu instead (docker-compose.cpu.yml).
+# The base images are build arguments, for mirrors and local bases (--build-arg PYTHON_IMAGE=...);
+# the defaults are the public images named below.
+#
 # The stages are ordered smallest first on purpose: the legacy builder (docker-compose 1.29
 # without BuildKit) builds every stage up to the requested target, so the multi-GB triton stage
 # comes last and building the gateway never pulls it.
 # Layers go from rarely to often changed: dependencies are installed from pyproject.toml alone,
 # before the source is copied, so editing code does not reinstall torch.
 
+# Any Debian-based image with Python 3.11 as `python` and `pip` will do for the gateway.
+ARG PYTHON_IMAGE=python:3.11-slim
+# The GPU Triton: see the triton stage for what its torch pin assumes of this image.
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+
 # ---------------------------------------------------------------------------------------------
-# requirements: pyproject.toml's dependency lists as requirements files. They change only when
-# pyproject.toml does, so the dependency layers below stay cached across code edits.
-FROM python:3.11-slim AS requirements
+# requirements: pyproject.toml's dependency lists as requirements files (base.txt, <extra>.txt).
+# They change only when pyproject.toml does, so the dependency layers below stay cached across
+# code edits.
+FROM ${PYTHON_IMAGE} AS requirements
 WORKDIR /requirements
-COPY pyproject.toml ./
-RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-open('base.txt', 'w').write('\n'.join(project['dependencies']) + '\n'); \
-open('engine.txt', 'w').write('\n'.join(project['optional-dependencies']['engine']) + '\n'); \
-open('minilm.txt', 'w').write('\n'.join(project['optional-dependencies']['minilm']) + '\n')"
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python requirements.py pyproject.toml .
 
 # ---------------------------------------------------------------------------------------------
 # gateway: only the base dependencies (FastAPI, tritonclient, numpy...); it never imports torch.
-FROM python:3.11-slim AS gateway
+FROM ${PYTHON_IMAGE} AS gateway
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -60,8 +67,9 @@ ENTRYPOINT ["reranker", "gateway"]
 # triton: NGC release 24.10 = Triton 2.51 (the server the nvidia-pytriton wheel carries for
 # machines without containers), Ubuntu 22.04, Python 3.10, CUDA 12.6.2. It needs an NVIDIA driver
 # >= 560, or on data-center GPUs R470/R525/R535/R545 through the image's CUDA compat libraries.
-# Not an ARG: the torch build below is chosen for this image's CUDA and Python.
-FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS triton
+# TRITON_IMAGE may name a mirror of it; another release needs TORCH_VERSION and TORCH_INDEX_URL
+# chosen for its CUDA and Python.
+FROM ${TRITON_IMAGE} AS triton
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

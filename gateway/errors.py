@@ -24,6 +24,8 @@ class ErrorKind(str, Enum):
     UNKNOWN_MODEL = "unknown_model"
     MODEL_NOT_LOADED = "model_not_loaded"
     INPUT_TOO_LONG = "input_too_long"
+    UNSUPPORTED_OPTION = "unsupported_option"  # a valid field that the model cannot honour
+    EMPTY = "empty"  # TEI's error_type for a rerank request without texts
     NO_ACTIVE_MODEL = "no_active_model"
     MODEL_LOAD_FAILED = "model_load_failed"
     MODEL_NOT_READY = "model_not_ready"
@@ -44,6 +46,8 @@ STATUS = {
     ErrorKind.UNKNOWN_MODEL: 400,
     ErrorKind.MODEL_NOT_LOADED: 400,
     ErrorKind.INPUT_TOO_LONG: 400,
+    ErrorKind.UNSUPPORTED_OPTION: 400,
+    ErrorKind.EMPTY: 400,  # TEI's status for it
     ErrorKind.NO_ACTIVE_MODEL: 503,
     ErrorKind.MODEL_LOAD_FAILED: 503,
     ErrorKind.MODEL_NOT_READY: 503,

@@ -3,9 +3,10 @@
 docker-compose.yml goes through a real compose parser, Debian's docker-compose 1.29
 (`docker-compose config` needs no engine), and its normalised output is checked for what the
 deployment relies on: the GPU, shared memory, read-only weights, health-gated start-up and the
-gateway pointing at Triton's gRPC port. The Dockerfile is read as text: its two targets, the
-Triton base image, and a gateway image without torch. .dockerignore must keep the weights out of
-the build context but nothing the Dockerfile copies.
+gateway pointing at Triton's gRPC port; docker-compose.cpu.yml on top of it, likewise. The
+Dockerfiles are read as text: their targets, the base images as build arguments, and a gateway
+image without torch. .dockerignore must keep the weights out of the build context but nothing the
+Dockerfiles copy. tests/test_docker_stack.py builds and runs the CPU stack in a real engine.
 """
 
 from __future__ import annotations
@@ -33,15 +34,17 @@ except ModuleNotFoundError:  # Python 3.10
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+CPU_DOCKERFILE = REPO_ROOT / "Dockerfile.cpu"
+CPU_COMPOSE_FILE = REPO_ROOT / "docker-compose.cpu.yml"
 MODELS_IN_IMAGE = "/workspace/models"
 
 
 # --- docker-compose.yml -------------------------------------------------------------------------
 
 
-def compose_config(**env: str) -> dict:
-    """`docker-compose config` of the repository's file, parsed; `env` as the only RERANKER_* /
-    COMPOSE_* variables, so the caller's shell cannot change the defaults under test."""
+def compose_config(*extra: Path, **env: str) -> dict:
+    """`docker-compose config` of the repository's file (and `extra` files on top), parsed; `env` as
+    the only RERANKER_* / COMPOSE_* variables, so the caller's shell cannot change the defaults under test."""
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.fail(
@@ -50,7 +53,7 @@ def compose_config(**env: str) -> dict:
         )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RERANKER_", "COMPOSE_", "DOCKER_"))}
     result = subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "config"],
+        [binary, "-f", str(COMPOSE_FILE), *(arg for file in extra for arg in ("-f", str(file))), "config"],
         check=False,
         cwd=REPO_ROOT,
         env={**clean, **env},
@@ -240,10 +243,10 @@ def _instructions(text: str) -> list[tuple[str, str]]:
     return [(words[0].upper(), words[1] if len(words) > 1 else "") for words in split]
 
 
-def _stages() -> dict[str, dict]:
+def _stages(dockerfile: Path = DOCKERFILE) -> dict[str, dict]:
     """name -> {"base": image, "index": n, "instructions": [...]}; global ARG defaults substituted."""
     global_args, stages, current = {}, {}, None
-    for instruction, args in _instructions(DOCKERFILE.read_text()):
+    for instruction, args in _instructions(dockerfile.read_text()):
         if instruction == "FROM":
             match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args.strip(), re.IGNORECASE)
             assert match, f"unreadable FROM {args!r}"
@@ -259,31 +262,81 @@ def _stages() -> dict[str, dict]:
     return stages
 
 
-def _stage(name: str) -> dict:
-    stages = _stages()
+def _stage(name: str, dockerfile: Path = DOCKERFILE) -> dict:
+    stages = _stages(dockerfile)
     assert name in stages, f"no `{name}` target in the Dockerfile (stages: {', '.join(stages)})"
     return stages[name]
 
 
-def _dockerfile_env(name: str) -> dict[str, str]:
+def _dockerfile_env(name: str, dockerfile: Path = DOCKERFILE) -> dict[str, str]:
     env = {}
-    for instruction, args in _stage(name)["instructions"]:
+    for instruction, args in _stage(name, dockerfile)["instructions"]:
         if instruction == "ENV":
             env.update((k, v.strip('"')) for k, v in re.findall(r"(\w+)=(\"[^\"]*\"|\S+)", args))
     return env
 
 
-def _dockerfile_exposed(name: str) -> list[int]:
-    return [int(p.split("/")[0]) for i, a in _stage(name)["instructions"] if i == "EXPOSE" for p in a.split()]
+def _dockerfile_exposed(name: str, dockerfile: Path = DOCKERFILE) -> list[int]:
+    instructions = _stage(name, dockerfile)["instructions"]
+    return [int(p.split("/")[0]) for i, a in instructions if i == "EXPOSE" for p in a.split()]
 
 
-def _command(name: str) -> str:
+def _command(name: str, dockerfile: Path = DOCKERFILE) -> str:
     """ENTRYPOINT and CMD of a stage, as one string of words."""
     words = []
-    for instruction, args in _stage(name)["instructions"]:
+    for instruction, args in _stage(name, dockerfile)["instructions"]:
         if instruction in ("ENTRYPOINT", "CMD"):
             words += yaml.safe_load(args) if args.startswith("[") else args.split()
     return " ".join(words)
+
+
+def test_base_images_are_build_arguments_defaulting_to_the_public_images():
+    for dockerfile, expected in [(DOCKERFILE, {"PYTHON_IMAGE", "TRITON_IMAGE"}), (CPU_DOCKERFILE, {"PYTHON_IMAGE"})]:
+        instructions = _instructions(dockerfile.read_text())
+        froms = [args.split()[0] for instruction, args in instructions if instruction == "FROM"]
+        assert {re.fullmatch(r"\$\{(\w+)\}", image)[1] for image in froms} == expected, (dockerfile.name, froms)
+    assert {stage["base"] for stage in _stages(CPU_DOCKERFILE).values()} == {"python:3.11-slim"}
+    assert _stage("gateway")["base"] == "python:3.11-slim"
+    assert _stage("triton")["base"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+
+def test_cpu_triton_is_the_pytriton_server_with_cpu_torch_and_minilm_as_a_non_root_user():
+    stage = _stage("triton", CPU_DOCKERFILE)
+    steps = " ".join(args for instruction, args in stage["instructions"] if instruction in ("RUN", "COPY", "ARG"))
+    assert "TORCH_VERSION=2.13.0+cpu" in steps and "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in steps
+    assert "triton.txt" in steps and "engine.txt" in steps and "minilm.txt" in steps
+    assert "reranker weights minilm" in steps
+    users = [a.strip() for i, a in stage["instructions"] if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    # The same contract as the GPU image, so that one compose service serves either.
+    assert _command("triton", CPU_DOCKERFILE) == _command("triton")
+    assert set(_dockerfile_exposed("triton", CPU_DOCKERFILE)) == set(_dockerfile_exposed("triton"))
+    cpu_env, gpu_env = _dockerfile_env("triton", CPU_DOCKERFILE), _dockerfile_env("triton")
+    for key in ("RERANKER_MODEL_REPOSITORY", "RERANKER_MODELS_DIR", "RERANKER_TRITON_BIND_ADDRESS", "HF_HUB_OFFLINE"):
+        assert cpu_env[key] == gpu_env[key], key
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["triton"] == ["nvidia-pytriton==0.7.0"]
+
+
+def test_the_cpu_compose_file_swaps_the_triton_image_and_leaves_monitoring_out():
+    services = compose_config(CPU_COMPOSE_FILE)["services"]
+    triton, gateway = services["triton"], services["gateway"]
+    assert triton["build"]["dockerfile"] == "Dockerfile.cpu" and triton["build"]["target"] == "triton"
+    assert triton.get("runtime") == "runc" and not triton.get("ports")
+    mounts = {target: source for source, target, _ in _volumes(triton)}
+    assert mounts[MODELS_IN_IMAGE] == "models", "the weights: the named volume seeded from the image"
+    assert _environment(gateway)["RERANKER_DEFAULT_MODEL"] == "minilm-l6"
+    assert _environment(gateway)["RERANKER_OTLP_ENDPOINT"] == ""
+    assert _environment(triton)["RERANKER_TRITON_TRACE_ENDPOINT"] == ""
+    for name in ("prometheus", "grafana", "jaeger"):
+        assert services[name].get("profiles") == ["monitoring"], name
+    assert not services["gateway"].get("profiles") and not triton.get("profiles")
+    assert _ports(gateway) == [(8000, 8000)]
+
+
+def test_the_gateway_port_moves_with_reranker_gateway_publish():
+    gateway = compose_config(RERANKER_GATEWAY_PUBLISH="127.0.0.1:18080")["services"]["gateway"]
+    assert _published(gateway) == [("127.0.0.1", 18080, 8000)]
 
 
 def test_dockerfile_has_both_targets_gateway_first():
@@ -353,13 +406,14 @@ def test_dockerignore_keeps_weights_out_and_what_the_dockerfile_copies_in():
         assert _ignored(heavy, patterns), f"{heavy} would be sent to the Docker daemon"
     copied = {
         source
-        for stage in _stages().values()
+        for dockerfile in (DOCKERFILE, CPU_DOCKERFILE)
+        for stage in _stages(dockerfile).values()
         for instruction, args in stage["instructions"]
         if instruction == "COPY" and not args.startswith("--from")
         for source in args.split()[:-1]
         if not source.startswith("--")
     }
-    assert {"pyproject.toml", "model_repository", "rerank_engine"} <= copied
+    assert {"pyproject.toml", "model_repository", "rerank_engine", "deploy/docker/requirements.py"} <= copied
     for source in sorted(copied):
         assert not _ignored(source, patterns), f".dockerignore drops {source}, which the Dockerfile copies"
     assert not _ignored("model_repository/reranker_model.py", patterns)
@@ -403,8 +457,9 @@ def _hadolint() -> str:
     return found
 
 
-def test_the_dockerfile_passes_hadolint():
-    result = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, CPU_DOCKERFILE], ids=lambda path: path.name)
+def test_the_dockerfiles_pass_hadolint(dockerfile):
+    result = subprocess.run([_hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

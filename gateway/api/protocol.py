@@ -98,7 +98,8 @@ class ScoringOptions(BaseModel):
         "token windows; its score is the best window's. Default: RERANKER_MAX_CHUNKS_PER_DOC (1: truncate).",
     )
     use_activation: bool | None = Field(
-        None, description="vLLM: false returns each model's raw score (the logit) as the score."
+        None, description="vLLM: false returns each model's raw score (the logit) as the score; a bi-encoder, "
+        "whose cosine has no activation, refuses it with 400."
     )
     user: str | None = Field(None, description="OpenAI/vLLM end-user id: accepted and ignored (named in the warnings).")
     request_id: str | None = Field(None, description="vLLM's request id: accepted and ignored (named in the warnings).")
@@ -231,7 +232,7 @@ class TeiRerankRequest(BaseModel):
     )
 
     query: Text = Field(description="The search query.")
-    texts: list[Text] = Field(min_length=1, description="Candidate documents.")
+    texts: list[Text] = Field(description="Candidate documents; an empty list is refused as TEI does (400, `empty`).")
     truncate: bool | None = Field(
         None, description="false: refuse a pair longer than the model's limit with 400; default: cut it."
     )
@@ -333,6 +334,19 @@ class ScoreResponse(BaseModel):
     model: str
     data: list[ScoreData]
     usage: ScoreUsage
+
+
+def _invocation_form(body: Any) -> str:
+    return "rerank" if isinstance(body, dict) and "query" in body else "score"
+
+
+InvocationRequest = Annotated[
+    Union[Annotated[RerankRequest, Tag("rerank")], Annotated[ScoreRequest, Tag("score")]],
+    Discriminator(_invocation_form),
+]
+"""SageMaker's one route, /invocations, routed by the body as vLLM routes it (its rerank request is tried first,
+then its score request): `query` (with `documents`) is a rerank request, anything else a score request. A body
+that fits neither is refused naming the field the chosen form lacks, not with vLLM's "no suitable handler"."""
 
 
 class SwitchModelRequest(BaseModel):

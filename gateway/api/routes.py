@@ -20,6 +20,7 @@ from gateway.api.protocol import (
     ActivateRequest,
     ErrorResponse,
     HealthResponse,
+    InvocationRequest,
     ModelsResponse,
     OpenAIModelList,
     RerankAnyRequest,
@@ -101,6 +102,18 @@ async def score(body: ScoreRequest, svc: RerankService = Depends(service), stats
                 header: int | None = Depends(header_priority)):
     """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, queries/documents or items, data_1/data_2)."""
     return await svc.score(body, stats, _priority(body.priority, header))
+
+
+@scored.post("/invocations", response_model=RerankResponse | ScoreResponse, response_model_exclude_none=True,
+             tags=["rerank"])
+async def invocations(body: InvocationRequest, svc: RerankService = Depends(service),
+                      stats: RequestRecord = Depends(record), header: int | None = Depends(header_priority)):
+    """SageMaker's route, as vLLM serves it: a rerank body (`query`, `documents`) answers as /v1/rerank, any other
+    body as /score."""
+    priority = _priority(body.priority, header)
+    if isinstance(body, RerankRequest):
+        return await svc.rerank(body, stats, priority)
+    return await svc.score(body, stats, priority)
 
 
 @admin.post("/switch_model", response_model=SwitchModelResponse, tags=["models"])

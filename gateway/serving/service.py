@@ -42,7 +42,7 @@ from gateway.api.protocol import (
 )
 from gateway.settings import GatewaySettings
 from gateway.serving.triton import InferenceBackend, PairOptions, ScoreOutputs
-from rerank_engine import catalog
+from rerank_engine import catalog, contract
 from rerank_engine.model_config import ModelConfig
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ class RerankService:
 
     async def rerank_tei(self, body: TeiRerankRequest, record: RequestRecord, priority: int = 0) -> list[TeiRank]:
         """TEI's answer: a bare list, so its warnings travel only in the `x-warnings` header."""
+        if not body.texts:  # TEI's status, error_type and message
+            raise GatewayError(ErrorKind.EMPTY, "`texts` cannot be empty", field="texts")
         self._check_count(len(body.texts), "texts")
         warnings: list[str] = []
         async with self._lease(None, warnings) as model:
@@ -151,6 +153,14 @@ class RerankService:
 
     def _options(self, body: ScoringOptions | None, model: ModelConfig, documents: int, keep_end: bool) -> PairOptions:
         """The request's cuts and chunking, checked against the model's limit and the request bounds."""
+        if body is not None and body.use_activation is False and model.scorer == contract.SCORER_BI_ENCODER:
+            # vLLM's raw score is the logit before the sigmoid; a bi-encoder's cosine has no activation to skip.
+            raise GatewayError(
+                ErrorKind.UNSUPPORTED_OPTION,
+                f"use_activation: false asks for the score before the activation, and {model.name} is a "
+                "bi-encoder, whose score (a cosine) has none; leave use_activation out or set it true",
+                field="use_activation",
+            )
         chunks = (body and body.max_chunks_per_doc) or self.settings.max_chunks_per_doc
         if documents * chunks > self.settings.max_chunks_per_request:
             raise GatewayError(

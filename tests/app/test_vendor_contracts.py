@@ -136,6 +136,50 @@ async def test_vllm_score_api_max_model_len(api):
     assert "request a smaller truncation size" in response.text
 
 
+async def test_vllm_invocations(api):
+    # test_invocations: SageMaker's /invocations answers a rerank body as /rerank does.
+    query = "What is the capital of France?"
+    documents = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
+    request_args = {"model": MODEL_NAME, "query": query, "documents": documents}
+    rerank_response = await api.post("/rerank", json=request_args)
+    invocation_response = await api.post("/invocations", json=request_args)
+    assert rerank_response.status_code == invocation_response.status_code == 200, invocation_response.json()
+    rerank_output, invocation_output = rerank_response.json(), invocation_response.json()
+    assert rerank_output.keys() == invocation_output.keys()
+    for rerank_result, invocations_result in zip(rerank_output["results"], invocation_output["results"]):
+        assert rerank_result.keys() == invocations_result.keys()
+        assert rerank_result["relevance_score"] == pytest.approx(invocations_result["relevance_score"], rel=0.01)
+
+
+@pytest.mark.parametrize("fields", [{"queries": TEXTS_1, "documents": TEXTS_2}, {"text_1": TEXTS_1, "text_2": TEXTS_2},
+                                    {"data_1": TEXTS_1[0], "data_2": TEXTS_2}])
+async def test_vllm_invocations_routes_a_score_body_to_score(api, fields):
+    # Not in vLLM's tests; its router (vllm/entrypoints/sagemaker/api_router.py) tries the invocation types of
+    # vllm/entrypoints/pooling/factories.py in order, RerankRequest before ScoreRequest: a body that is no
+    # rerank request (no `query`) is scored as /score scores it.
+    score = await api.post("/score", json={"model": MODEL_NAME, **fields})
+    invocation = await api.post("/invocations", json={"model": MODEL_NAME, **fields})
+    assert score.status_code == invocation.status_code == 200, invocation.json()
+    count = len(fields.get("text_2") or fields.get("data_2") or fields["documents"])
+    assert _valid_score_response(invocation.json(), count) == pytest.approx(_valid_score_response(score.json(), count))
+    # Neither form: the rerank form's missing field is named (vLLM: 400 "Cannot find suitable handler").
+    refused = await api.post("/invocations", json={"model": MODEL_NAME, "query": "q"})
+    assert refused.status_code == 422 and refused.json()["field"] == "documents", refused.json()
+
+
+async def test_vllm_use_activation_on_a_bi_encoder(api):
+    # vLLM's use_activation=false returns a cross-encoder's logit (test_vllm_use_activation_... below); a
+    # bi-encoder's score is a cosine with no activation to leave out, so this gateway refuses it, naming the
+    # field, rather than answer scores that look raw and are not.
+    body = {"model": MODEL_NAME, "query": TEXTS_1[0], "documents": TEXTS_2}
+    for path, request in [("/rerank", body), ("/v1/rerank", body), ("/score", {"model": MODEL_NAME, "text_1": TEXTS_1,
+                                                                             "text_2": TEXTS_2})]:
+        response = await api.post(path, json={**request, "use_activation": False})
+        assert response.status_code == 400, response.json()
+        assert response.json()["field"] == "use_activation" and "bi-encoder" in response.json()["error"]
+        assert (await api.post(path, json={**request, "use_activation": True})).status_code == 200
+
+
 async def test_vllm_basic_models(api):
     # vLLM's test_basic, /v1/models half (this gateway has no /tokenize).
     response = await api.get("/v1/models")
@@ -202,6 +246,16 @@ async def test_tei_rerank(api):
     assert ranks[0]["index"] == 0 and ranks[1]["index"] == 2
     assert ranks[0]["score"] == ranks[1]["score"]
     assert ranks[2]["index"] == 1 and ranks[2]["score"] < ranks[0]["score"]
+
+
+async def test_tei_rerank_empty_texts(api):
+    # router/src/http/server.rs, rerank: an empty `texts` is ErrorType::Empty, which TEI answers with 400 and
+    # {"error": "`texts` cannot be empty", "error_type": "empty"}.
+    response = await api.post("/rerank", json={"query": "test", "texts": []})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "`texts` cannot be empty" and body["error_type"] == "empty"
+    assert body["field"] == "texts"  # this gateway's addition, as on every error
 
 
 # --- Infinity: libs/infinity_emb/tests/end_to_end/test_torch_reranker.py --------------------------------------

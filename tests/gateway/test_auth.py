@@ -103,7 +103,8 @@ def test_the_lookup_compares_every_key_whatever_matches(monkeypatch):
 
 EXPECTED = {
     ("POST", "/rerank"): Scope.SCORE, ("POST", "/v1/rerank"): Scope.SCORE, ("POST", "/v2/rerank"): Scope.SCORE,
-    ("POST", "/v1/score"): Scope.SCORE, ("POST", "/score"): Scope.SCORE, ("GET", "/models"): Scope.SCORE,
+    ("POST", "/v1/score"): Scope.SCORE, ("POST", "/score"): Scope.SCORE, ("POST", "/invocations"): Scope.SCORE,
+    ("GET", "/models"): Scope.SCORE,
     ("GET", "/v1/models"): Scope.SCORE, ("POST", "/switch_model"): Scope.ADMIN,
     ("GET", "/metrics"): Scope.METRICS, ("GET", "/health"): None, ("GET", "/health/ready"): None,
 }

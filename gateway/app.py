@@ -29,6 +29,7 @@ from gateway.serving.model_manager import ModelManager
 from gateway.api.observer import REFUSAL_REASONS, RequestObserver
 from gateway.fleet.pool import TritonPool
 from gateway.api.routes import router
+from gateway.serving.cache import ScoreCache
 from gateway.serving.service import RerankService
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
@@ -67,11 +68,16 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
         )
         await triton.start()
         models = ModelManager(triton, settings, metrics, tracing)
+        cache = None
+        if settings.cache_on:
+            cache = ScoreCache(settings, metrics)
+            triton.on_model_change = models.on_change = cache.fingerprints.forget
+            await cache.start()
         cluster = None
         if settings.in_cluster:
             cluster = Cluster(models, triton, settings,
                               HttpPeers(settings.peer_api_key.get_secret_value(), settings.peer_timeout_s))
-        app.state.service = RerankService(triton, models, settings, cluster)
+        app.state.service = RerankService(triton, models, settings, cluster, cache)
         if cluster is None:
             await models.start()
             background = asyncio.create_task(models.watch(settings.triton_watch_interval_s))
@@ -89,6 +95,8 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
             if cluster is not None:
                 await cluster.close()
             await triton.close()
+            if cache is not None:
+                await cache.close()
             if tracer_provider is None:
                 tracing.shutdown()
 

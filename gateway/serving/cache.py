@@ -63,6 +63,15 @@ slots in cachetools' dicts and LRU order (measured with tracemalloc: about 310 b
 tests/gateway/test_cache.py checks the bound against tracemalloc)."""
 
 REDIS_PREFIX = b"rr" + KEY_VERSION + b":"
+STORE_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if ttl > 0 then redis.call('SET', key, ARGV[i + 1], 'EX', ttl) else redis.call('SET', key, ARGV[i + 1]) end
+end
+return #KEYS
+"""
+"""A request's entries in one command: redis-py took 7 ms to pipeline 100 SETs, this 1.1 ms (hiredis, 2 busy
+cores). One command carries keys of any hash slot: a single Redis (or a primary), not Redis Cluster."""
 MAX_PENDING_WRITES = 256
 """Redis writes in flight before new ones are dropped: a slow Redis must not pile up tasks."""
 
@@ -224,6 +233,7 @@ class RedisStore:
         self.metrics = metrics
         self.breaker = CircuitBreaker(retry_s)
         self._writes: set[asyncio.Task] = set()
+        self._store = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again after a Redis restart
         metrics.cache_redis_up.set(1)
 
     async def start(self) -> None:
@@ -246,10 +256,7 @@ class RedisStore:
         task.add_done_callback(self._writes.discard)
 
     async def _set(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key, value in items:
-                pipe.set(REDIS_PREFIX + key, value, ex=self.ttl_s or None)
-            await pipe.execute()
+        await self._store(keys=[REDIS_PREFIX + key for key, _ in items], args=[self.ttl_s, *(v for _, v in items)])
 
     async def _call(self, operation: str, call):
         if not self.breaker.allows():

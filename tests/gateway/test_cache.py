@@ -421,3 +421,13 @@ def test_settings_name_what_is_wrong():
         GatewaySettings(cache_max_bytes=1000)
     assert GatewaySettings(cache_url="").cache_on is False
     assert GatewaySettings(cache_url="redis://r:6379/0").cache_on is True
+
+
+async def test_redis_entries_expire_after_the_ttl(redis_server):
+    store = RedisStore(redis_server.url("redis"), 1.0, 5.0, 1, GatewayMetrics())
+    store.put_many([(b"k" * 16, b"v" * 17)])
+    await asyncio.gather(*store._writes)
+    assert await store.get_many([b"k" * 16]) == [b"v" * 17]
+    await asyncio.sleep(2.1)  # Redis expires keys in whole seconds
+    assert await store.get_many([b"k" * 16]) == [None]
+    await store.close()

@@ -133,7 +133,7 @@ class CacheKeys:
                 prefix = by_query[query] = head.copy()
                 _field(prefix, query)
             digest = prefix.copy()
-            _field(digest, document)
+            digest.update(document.encode("utf-8", "surrogatepass"))  # the last field: the rest, unprefixed
             keys.append(digest.digest())
         return keys
 

@@ -12,7 +12,9 @@ three gateways started one after the other on the same Triton:
 
 Each gateway starts empty. Then each answers an all-hit 100-document request
 `--all-hit-requests` times, one at a time: its p50, as the client and as the
-gateway (`x-total-time`) see it.
+gateway (`x-total-time`) see it. `--rounds N` runs the three N times in turn;
+the table shows each variant's median round and its ratio to the cache-off
+run of the same round.
 
 The workload: queries are drawn with Zipf popularity (exponent `--zipf`);
 each query has a fixed pool of candidate documents, and a request sends a
@@ -125,7 +127,7 @@ class Processes:
 
     def gateway(self, name: str, model: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
         (port,) = free_ports(1)
-        env = {"RERANKER_REQUEST_TIMEOUT_S": "600", "RERANKER_LOG_LEVEL": "warning", **env}
+        env = {"RERANKER_REQUEST_TIMEOUT_S": "600", **env}
         process = self._start(["gateway", "--host=127.0.0.1", f"--port={port}", f"--triton-url=127.0.0.1:{self.grpc}",
                                f"--model={model}"], f"gateway-{name}.log", env)
         url = f"http://127.0.0.1:{port}"
@@ -220,18 +222,35 @@ VARIANTS = {
 }
 
 
+def summarize(rounds: list[dict]) -> dict:
+    """Per variant: the round with the median pairs/s, each round's pairs/s, and its ratio to the same
+    round's cache-off run (rounds alternate the variants, so a busy host weighs on both sides of a ratio)."""
+    summary = {}
+    for name in rounds[0]:
+        runs = [r[name] for r in rounds if "workload" in r[name]]
+        if not runs:
+            summary[name] = rounds[0][name]
+            continue
+        ordered = sorted(runs, key=lambda run: run["workload"]["pairs_per_s"])
+        median = ordered[(len(ordered) - 1) // 2]
+        ratios = [round(r[name]["workload"]["pairs_per_s"] / r["off"]["workload"]["pairs_per_s"], 2)
+                  for r in rounds if "workload" in r[name] and "workload" in r.get("off", {})]
+        summary[name] = {**median, "pairs_per_s_rounds": [r["workload"]["pairs_per_s"] for r in runs],
+                         "vs_off_rounds": ratios}
+    return summary
+
+
 def table(result: dict) -> str:
-    off = result["variants"]["off"]["workload"]["pairs_per_s"]
-    lines = ["| cache | pairs/s | vs off | hit share | pairs to the model | p50 ms | p99 ms | all-hit 100 docs p50 ms "
-             "(client / gateway) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| cache | pairs/s (median round) | vs off, each round | hit share | pairs to the model | p50 ms | "
+             "p99 ms | all-hit 100 docs p50 ms (client / gateway) |", "|---|---|---|---|---|---|---|---|"]
     for name, variant in result["variants"].items():
         if "skipped" in variant:
             lines.append(f"| {name} | skipped: {variant['skipped']} | | | | | | |")
             continue
         w, a = variant["workload"], variant["all_hit"]
-        lines.append(f"| {name} | {w['pairs_per_s']} | {w['pairs_per_s'] / off:.2f}x | {w['hit_share']:.2f} | "
-                     f"{w['pairs_to_model']} | {w['p50_ms']} | {w['p99_ms']} | {a['client_p50_ms']} / "
-                     f"{a['gateway_p50_ms']} |")
+        ratios = ", ".join(f"{r:.2f}x" for r in variant["vs_off_rounds"])
+        lines.append(f"| {name} | {w['pairs_per_s']} | {ratios} | {w['hit_share']:.2f} | {w['pairs_to_model']} | "
+                     f"{w['p50_ms']} | {w['p99_ms']} | {a['client_p50_ms']} / {a['gateway_p50_ms']} |")
     return "\n".join(lines)
 
 
@@ -248,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="words (about tokens) per document")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--all-hit-requests", type=int, default=200)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="which to run; ratios need off among them")
+    parser.add_argument("--rounds", type=int, default=1, help="times each variant runs, alternating")
     parser.add_argument("--redis-server", default="redis-server",
                         help="redis-server binary (or a wrapper script) for the redis variant")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
@@ -267,42 +288,47 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": model, "models_dir": str(args.models_dir), "concurrency": args.concurrency,
               "requests": len(requests), "pairs": pairs, "distinct_pairs": distinct,
               "repeat_share": round(1 - distinct / pairs, 3), "zipf": args.zipf, "doc_words": list(args.doc_words),
-              "seed": args.seed, "variants": {}}
+              "seed": args.seed, "rounds": []}
     stack = Processes(args.model_repository, args.models_dir, log_dir)
     redis = None
     try:
-        for name in args.variants:
-            env = dict(VARIANTS[name])
-            if name == "redis":
-                binary = shutil.which(args.redis_server) or (args.redis_server if os.access(args.redis_server, os.X_OK)
-                                                             else None)
-                if binary is None:
-                    result["variants"][name] = {"skipped": f"no {args.redis_server} found"}
-                    print(f"{name}: skipped, no {args.redis_server}", flush=True)
-                    continue
-                redis, env["RERANKER_CACHE_URL"] = start_redis(binary, log_dir)
-            gateway, url = stack.gateway(name, model, env)
-            try:
-                workload = asyncio.run(run_workload(url, requests, args.concurrency))
-                count = args.all_hit_requests if name != "off" else max(args.all_hit_requests // 10, 5)
-                hit = asyncio.run(all_hit_latency(url, probe, count))
-            finally:
-                stop(gateway, signal.SIGINT)
-                if redis is not None:
-                    stop(redis)
-                    redis = None
-            result["variants"][name] = {"env": {k: v for k, v in env.items() if "SECRET" not in k},
-                                        "workload": workload, "all_hit": hit}
-            print(f"{name}: {workload['pairs_per_s']} pairs/s, hit share {workload['hit_share']}, p50 "
-                  f"{workload['p50_ms']} ms; all-hit 100 docs p50 {hit['client_p50_ms']} ms "
-                  f"(gateway {hit['gateway_p50_ms']} ms)", flush=True)
+        for round_number in range(args.rounds):
+            runs = {}
+            for name in args.variants:
+                env = dict(VARIANTS[name])
+                if name == "redis":
+                    binary = shutil.which(args.redis_server) or (
+                        args.redis_server if os.access(args.redis_server, os.X_OK) else None)
+                    if binary is None:
+                        runs[name] = {"skipped": f"no {args.redis_server} found"}
+                        print(f"{name}: skipped, no {args.redis_server}", flush=True)
+                        continue
+                    redis, env["RERANKER_CACHE_URL"] = start_redis(binary, log_dir)
+                gateway, url = stack.gateway(name, model, env)
+                try:
+                    workload = asyncio.run(run_workload(url, requests, args.concurrency))
+                    count = args.all_hit_requests if name != "off" else max(args.all_hit_requests // 10, 5)
+                    hit = asyncio.run(all_hit_latency(url, probe, count))
+                finally:
+                    stop(gateway, signal.SIGINT)
+                    if redis is not None:
+                        stop(redis)
+                        redis = None
+                runs[name] = {"env": {k: v for k, v in env.items() if "SECRET" not in k}, "workload": workload,
+                              "all_hit": hit}
+                print(f"round {round_number + 1} {name}: {workload['pairs_per_s']} pairs/s, hit share "
+                      f"{workload['hit_share']}, p50 {workload['p50_ms']} ms; all-hit 100 docs p50 "
+                      f"{hit['client_p50_ms']} ms (gateway {hit['gateway_p50_ms']} ms)", flush=True)
+            result["rounds"].append(runs)
     finally:
         stack.close()
+    result["variants"] = summarize(result["rounds"])
     print(table(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if all(v.get("workload", {}).get("failures", 0) == 0 for v in result["variants"].values()) else 1
+    failures = sum(run.get("workload", {}).get("failures", 0) for runs in result["rounds"] for run in runs.values())
+    return 0 if failures == 0 else 1
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from rerank_engine import contract
 VERSION = "1"
 """Bumped when what the fingerprint covers changes, so old entries are never read under a new scheme."""
 
-FULL_HASH_BYTES = 256 * 2**20
+FULL_HASH_BYTES = 64 * 2**20
+"""Whole-file hashing up to here: every tokenizer and config file (an XLM-R tokenizer.json is 17 MB); the
+90 MB MiniLM checkpoint and every larger one are sampled, so no load reads more than a few MB for it."""
 SAMPLES = 64
 SAMPLE_BYTES = 64 * 2**10
 EDGE_BYTES = 2**20  # head and tail of a large file: a safetensors header and its first and last tensors

@@ -303,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                         runs[name] = {"skipped": f"no {args.redis_server} found"}
                         print(f"{name}: skipped, no {args.redis_server}", flush=True)
                         continue
-                    redis, env["RERANKER_CACHE_URL"] = start_redis(binary, log_dir)
+                    try:
+                        redis, env["RERANKER_CACHE_URL"] = start_redis(binary, log_dir)
+                    except (OSError, RuntimeError) as exc:  # a carried binary that cannot run here
+                        runs[name] = {"skipped": f"{binary} did not start: {exc}"[:300]}
+                        print(f"{name}: skipped, {runs[name]['skipped']}", flush=True)
+                        continue
                 gateway, url = stack.gateway(name, model, env)
                 try:
                     workload = asyncio.run(run_workload(url, requests, args.concurrency))

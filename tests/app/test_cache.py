@@ -73,6 +73,7 @@ async def test_sixty_hits_of_a_hundred_send_forty_rows_and_answer_what_the_model
     before = rows_scored(triton)
     again = await rerank(cached, DOCUMENTS)
     assert rows_scored(triton) == before and again.headers["x-cache-hits"] == "100"
+    assert "x-inference-time" not in again.headers and "x-inference-time" in response.headers  # no Triton time
     assert again.json()["results"] == body["results"]
 
 

@@ -34,6 +34,7 @@ system_packages() {
     command -v docker-compose >/dev/null || wanted+=(docker-compose)  # the compose file is validated by a real parser
     command -v prometheus >/dev/null || wanted+=(prometheus)  # the dashboard's queries run on a real Prometheus
     command -v chromium >/dev/null || wanted+=(chromium)  # /docs and /redoc rendered offline by a real browser
+    command -v redis-server >/dev/null || wanted+=(redis-server)  # the score cache's shared tier, tested on a real one
     if [ ${#wanted[@]} -gt 0 ]; then apt_install "${wanted[@]}"; fi
   fi
 }

@@ -136,6 +136,12 @@ for name in "$@"; do
       step fidelity 360 "${one_gpu[@]}" python -m bench.fp8_fidelity --random-qwen3 --models-dir "$MODELS" \
         --tokenizers "$TOKENIZERS" --models ${FIDELITY_MODELS:-Qwen3-Reranker-4B Qwen3-Reranker-8B} \
         --out "$RESULTS/fidelity/fidelity.json" ;;
+    cache)  # issue 25: the score cache off, in-process and on Redis side by side, Zipf workload, bge on one GPU
+      # REDIS_SERVER: a redis-server binary or bench/redis_kit.sh's wrapper; without one the redis variant is skipped.
+      step cache 540 "${one_gpu[@]}" python -m bench.cache_bench "${CACHE_MODEL:-bge}" --models-dir "$MODELS" \
+        --concurrency ${CACHE_CONCURRENCY:-16} --rounds ${CACHE_ROUNDS:-3} --doc-words 64 256 \
+        --redis-server "${REDIS_SERVER:-redis-server}" \
+        --out "$RESULTS/cache/cache_bench.json" ;;
     *) echo "unknown step $name" >&2 ;;
   esac
 done

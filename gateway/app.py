@@ -29,6 +29,7 @@ from gateway.serving.model_manager import ModelManager
 from gateway.api.observer import REFUSAL_REASONS, RequestObserver
 from gateway.fleet.pool import TritonPool
 from gateway.api.routes import router
+from gateway.serving.cache import ScoreCache
 from gateway.serving.coalescer import Coalescer
 from gateway.serving.service import RerankService
 from gateway.settings import GatewaySettings
@@ -71,6 +72,11 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
         )
         await triton.start()
         models = ModelManager(triton, settings, metrics, tracing)
+        cache = None
+        if settings.cache_on:
+            cache = ScoreCache(settings, metrics)
+            triton.on_model_change = models.on_change = cache.fingerprints.forget
+            await cache.start()
         cluster = None
         if settings.in_cluster:
             cluster = Cluster(models, triton, settings,
@@ -82,7 +88,7 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
                 settings.request_timeout_s, settings.coalesce_max_rows, settings.coalesce_max_in_flight,
                 settings.coalesce_window_ms / 1000, observe=metrics.coalesced.observe,
             )
-        app.state.service = RerankService(scorer, models, settings, cluster)
+        app.state.service = RerankService(scorer, models, settings, cluster, cache)
         if cluster is None:
             await models.start()
             background = asyncio.create_task(models.watch(settings.triton_watch_interval_s))
@@ -100,6 +106,8 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
             if cluster is not None:
                 await cluster.close()
             await triton.close()
+            if cache is not None:
+                await cache.close()
             if tracer_provider is None:
                 tracing.shutdown()
 

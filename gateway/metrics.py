@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from gateway.serving.cache import CachePolicy
 
 # Latency of a rerank call spans a 1-pair CPU request to 1,000 documents on an 8B model.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -53,6 +56,9 @@ class RequestRecord:
     truncated: int | None = None
     queue_s: float | None = None
     inference_s: float | None = None
+    api_key: str | None = None  # the caller's key name (gateway/api/auth.py): the cache's scope
+    cache: "CachePolicy | None" = None  # what the request lets the score cache do; None: everything
+    cached: int | None = None  # pairs answered from the score cache; None while the cache is off
 
     def record_scores(self, outputs) -> None:
         """`outputs`: the gateway's ScoreOutputs of the whole request."""
@@ -118,6 +124,45 @@ class GatewayMetrics:
             "0 alone or before the first): gateways of one cluster that differ for long have missed a switch.",
             registry=r, multiprocess_mode="livemin",
         )
+
+        # The score cache (gateway/serving/cache.py), in pairs. Created with every series at 0 whether the
+        # cache is on or not, so the dashboard's panel reads 0, not "no data".
+        self.cache_hits = Counter("reranker_cache_hits_total", "Pairs answered from the score cache, by tier.",
+                                  ["tier"], registry=r)
+        self.cache_misses = Counter("reranker_cache_misses_total", "Pairs looked up in the score cache and not found.",
+                                    registry=r)
+        self.cache_skipped = Counter(
+            "reranker_cache_skipped_total", "Pairs scored without being looked up: the request asked (request), the "
+            "model's fingerprint is not confirmed since its (re)load (unconfirmed), or hits scored again because the "
+            "model answered with another fingerprint (stale).", ["reason"], registry=r,
+        )
+        self.cache_entries = Gauge("reranker_cache_entries", "Entries of this process's in-process cache tier.",
+                                   registry=r)
+        self.cache_bytes = Gauge("reranker_cache_bytes", "Bytes held by this process's in-process cache tier.",
+                                 registry=r)
+        self.cache_evictions = Counter("reranker_cache_evictions_total",
+                                       "Entries the in-process tier dropped for room (least recently used).", registry=r)
+        self.cache_redis_errors = Counter(
+            "reranker_cache_redis_errors_total", "Redis calls of the score cache that failed or timed out, by "
+            "operation (get, set, ping; set_dropped: writes dropped while too many were in flight).",
+            ["operation"], registry=r,
+        )
+        self.cache_redis_up = Gauge(
+            "reranker_cache_redis_up", "1 while the score cache uses its Redis, 0 while its circuit breaker is open "
+            "after a failure; 0 without Redis.", registry=r,
+        )
+        for tier in ("memory", "redis"):
+            self.cache_hits.labels(tier)
+        for reason in ("request", "unconfirmed", "stale"):
+            self.cache_skipped.labels(reason)
+        for operation in ("get", "set", "ping", "set_dropped"):
+            self.cache_redis_errors.labels(operation)
+
+    def watch_cache(self, memory) -> None:
+        """`memory`: the cache's in-process tier (or None), read at every scrape."""
+        if memory is not None:
+            self.cache_entries.set_function(lambda: memory.entries)
+            self.cache_bytes.set_function(lambda: memory.bytes)
 
     def start_at_zero(self, reasons: Iterable[str]) -> None:
         """Create the rejection series of every reason the gateway can give, at 0."""

@@ -107,6 +107,41 @@ class GatewaySettings(BaseSettings):
     coalesce_window_ms: float = Field(
         2.0, ge=0, description="Longest a small call waits for company once coalesce_max_in_flight is reached.",
     )
+    cache: bool = Field(
+        False,
+        description="The score cache (README, Cache): a pair scored once is answered from memory next time, under "
+        "the same model, fingerprint, options and instruction. Off by default: it changes what a load test or an "
+        "A/B comparison measures. RERANKER_CACHE_URL turns it on as well.",
+    )
+    cache_url: str | None = Field(
+        None,
+        description="redis://, rediss:// or unix:// URL of a Redis shared by every worker and gateway (the cache "
+        "turns on); the in-process tier stays in front of it unless RERANKER_CACHE_MAX_BYTES is 0.",
+    )
+    cache_max_bytes: int = Field(
+        128 * 2**20, ge=0,
+        description="Bound of the in-process tier, per process (each gateway worker has its own): about 320 bytes "
+        "a pair, least recently used out first. 0: no in-process tier (Redis only).",
+    )
+    cache_scope: Literal["key", "shared"] = Field(
+        "key",
+        description="'key': entries are scoped per API-key name, so one tenant cannot tell from response times "
+        "what another scored; 'shared': every key reads every entry. Without API keys both are one scope.",
+    )
+    cache_secret: SecretStr | None = Field(
+        None,
+        description="Key of the keyed hash that makes the cache keys (set the same on every gateway sharing a "
+        "Redis); unset: a random one per process in memory, none with Redis (a warning says so).",
+    )
+    cache_ttl_s: int = Field(
+        7 * 86400, ge=0, description="Expiry of an entry in Redis; 0: none (Redis's maxmemory policy bounds it)."
+    )
+    cache_redis_timeout_s: float = Field(
+        0.25, gt=0, description="Longest one Redis call may take before the request goes on without it."
+    )
+    cache_redis_retry_s: float = Field(
+        5.0, gt=0, description="After a Redis failure, how long the cache goes without Redis before trying again."
+    )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
     switch_coordinator: str = Field(
         "",
@@ -153,11 +188,29 @@ class GatewaySettings(BaseSettings):
     service_name: str = Field("reranker-gateway", description="service.name of the gateway's traces.")
 
     @field_validator("api_keys_file", "api_keys", "otlp_endpoint", "bulk_rows_in_flight", "dispatch_window_rows",
-                     mode="before")
+                     "cache_url", "cache_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         # Compose and Kubernetes set a variable to "" to switch a feature off.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("cache_max_bytes")
+    @classmethod
+    def _room_for_entries(cls, value: int) -> int:
+        if 0 < value < 2**20:
+            raise ValueError("must be 0 (no in-process tier) or at least 1 MiB (1048576)")
+        return value
+
+    @property
+    def cache_on(self) -> bool:
+        return self.cache or self.cache_url is not None
 
     @field_validator("triton_url")
     @classmethod

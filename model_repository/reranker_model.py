@@ -17,9 +17,11 @@ import triton_python_backend_utils as pb_utils
 
 from rerank_engine import contract
 from rerank_engine.engine import EngineConfig, load_scorer, resolve_device
+from rerank_engine.fingerprint import model_fingerprint
 from rerank_engine.inputs import InvalidRequest, decode_pairs, pair_options, parse_parameters, sent_at_ns
 from rerank_engine.model_config import ModelConfig
 from rerank_engine.telemetry import BatchTelemetry
+from rerank_engine.weights import resolve_weights_path
 
 INPUTS = (contract.INPUT_QUERY, contract.INPUT_DOCUMENT, contract.INPUT_INSTRUCTION)
 
@@ -32,10 +34,13 @@ class TritonPythonModel:
         device = resolve_device(args["model_instance_kind"], args["model_instance_device_id"])
         # A missing weights folder raises here, and Triton fails the load with its message.
         self.scorer = load_scorer(self.config, device)
+        dtype = str(self.config.torch_dtype(device)).removeprefix("torch.")
+        fingerprint = model_fingerprint(params, resolve_weights_path(self.config.weights_path), dtype, device.type)
+        self.fingerprint = np.array([[fingerprint.encode()]], dtype=np.object_)  # the same for every response
         level = params.get(contract.PARAM_BATCH_LOG) or "info"
         log = pb_utils.Logger.log_verbose if level == "verbose" else pb_utils.Logger.log_info
         self.telemetry = BatchTelemetry(args["model_name"], device, pb_utils.MetricFamily, log, level)
-        pb_utils.Logger.log_info(f"{args['model_name']}: {self.config.scorer} on {device}")
+        pb_utils.Logger.log_info(f"{args['model_name']}: {self.config.scorer} on {device}, fingerprint {fingerprint}")
 
     def execute(self, requests):
         started_ns = time.time_ns()
@@ -70,6 +75,7 @@ class TritonPythonModel:
             tensors = [pb_utils.Tensor(name, getattr(scores, name)[start:end].reshape(-1, 1))
                        for name in contract.SCORE_OUTPUTS]
             tensors.append(pb_utils.Tensor(contract.OUTPUT_COMPUTE_US, np.full((end - start, 1), compute_us)))
+            tensors.append(pb_utils.Tensor(contract.OUTPUT_FINGERPRINT, self.fingerprint))
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         # Answered before the batch's telemetry (a log line and a dozen metric messages to Triton, 1-3 ms): the
         # callers' wait ends with the scores, and the instance's bookkeeping overlaps their next round trip.

@@ -23,10 +23,14 @@ OUTPUT_CHUNKS = "chunks"
 """Windows the document was scored in (1 unless the request asked for chunking); the score is their maximum."""
 OUTPUT_COMPUTE_US = "compute_us"
 """Microseconds the engine spent on the batch this request was scored in (tokenize + forward)."""
+OUTPUT_FINGERPRINT = "fingerprint"
+"""What the model instance serves, as one [1, 1] string per response (`rerank_engine.fingerprint`): its
+weights, tokenizer, config.pbtxt parameters, dtype and engine code. The gateway's score cache keys its
+entries by it, so a score is never served under weights or settings other than those that computed it."""
 
 SCORE_OUTPUTS = (OUTPUT_SCORE, OUTPUT_RAW_SCORE, OUTPUT_NUM_TOKENS, OUTPUT_INPUT_TOKENS, OUTPUT_TRUNCATED, OUTPUT_CHUNKS)
 """Per-pair outputs, each the engine's `Scores` field of the same name, in the order the gateway reads them."""
-OUTPUTS = (*SCORE_OUTPUTS, OUTPUT_COMPUTE_US)
+OUTPUTS = (*SCORE_OUTPUTS, OUTPUT_COMPUTE_US, OUTPUT_FINGERPRINT)
 """Every output a model returns (and config.pbtxt declares)."""
 
 REQUEST_PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"

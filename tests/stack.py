@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +48,8 @@ class Process:
     host: str = "127.0.0.1"
 
     def url(self, port: str = "http") -> str:
-        return f"http://{self.host}:{self.ports[port]}"
+        scheme = "redis" if port == "redis" else "http"
+        return f"{scheme}://{self.host}:{self.ports[port]}"
 
 
 def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -102,6 +104,35 @@ def start_dns_server(records: Path, log: Path) -> Process:
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the DNS server did not start\n--- {log} ---\n{log.read_text()[-4000:]}")
         time.sleep(0.1)
+    return server
+
+
+def start_redis(folder: Path, port: int | None = None) -> Process:
+    """Debian's `redis-server` on a free loopback port (or `port`: the same one again after a stop),
+    in memory only, with its log in `folder`."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: apt-get install redis-server (./run.sh test installs it)")
+    port = port or free_ports(1)[0]
+    log = folder / f"redis-{port}.log"
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(folder), "--protected-mode", "no"],
+        stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = Process(process, log, {"redis": port})
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                connection.sendall(b"PING\r\n")
+                if connection.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not start\n--- {log} ---\n{log.read_text()[-4000:]}")
+        time.sleep(0.05)
     return server
 
 

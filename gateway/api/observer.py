@@ -3,7 +3,8 @@ plain ASGI middleware.
 
 Every response gets `x-total-time` and `trace-id`, a scored one also gets
 `x-queue-time` and `x-inference-time` (TEI's names, in milliseconds; the load
-tests read them), and one with warnings `x-warnings` (a JSON list of strings,
+tests read them) and, while the score cache is on, `x-cache-hits` (pairs
+answered from it), and one with warnings `x-warnings` (a JSON list of strings,
 ASCII-escaped: the only place for them in TEI's bare-list answer). Once the
 response is sent, the request goes into the metrics with its route, status
 and, for a refusal, the reason, and into one access log line
@@ -66,6 +67,8 @@ class RequestObserver:
                 if record is not None and record.inference_s is not None:
                     headers.append((b"x-queue-time", f"{record.queue_s * 1000:.3f}".encode()))
                     headers.append((b"x-inference-time", f"{record.inference_s * 1000:.3f}".encode()))
+                if record is not None and record.cached is not None:
+                    headers.append((b"x-cache-hits", str(record.cached).encode()))
                 if record is not None and record.warnings:
                     headers.append((b"x-warnings", json.dumps(record.warnings).encode("ascii")))
                 if self.tracing:

@@ -101,6 +101,10 @@ class ScoringOptions(BaseModel):
         None, description="vLLM: false returns each model's raw score (the logit) as the score; a bi-encoder, "
         "whose cosine has no activation, refuses it with 400."
     )
+    cache: bool | None = Field(
+        None, description="false: the score cache is neither read nor written for this request (the "
+        "`Cache-Control` header's no-cache skips reading only, no-store writing only). Ignored while the cache is off.",
+    )
     user: str | None = Field(None, description="OpenAI/vLLM end-user id: accepted and ignored (named in the warnings).")
     request_id: str | None = Field(None, description="vLLM's request id: accepted and ignored (named in the warnings).")
 
@@ -202,6 +206,10 @@ class RerankUsage(BaseModel):
     prompt_tokens: int = Field(description="The same count, under vLLM's name.")
     truncated_documents: int = Field(0, description="Documents cut to fit the model or max_tokens_per_doc.")
     chunks: int | None = Field(None, description="Windows scored over all documents, when chunking is on.")
+    cached_documents: int | None = Field(
+        None, description="Documents answered from the score cache, not the model (also the x-cache-hits header); "
+        "present while the cache is on. Tokens count them as if scored."
+    )
 
 
 class RerankMeta(BaseModel):
@@ -326,6 +334,9 @@ class ScoreData(BaseModel):
 class ScoreUsage(BaseModel):
     prompt_tokens: int
     total_tokens: int
+    cached_documents: int | None = Field(
+        None, description="Pairs answered from the score cache, not the model; present while the cache is on."
+    )
 
 
 class ScoreResponse(BaseModel):

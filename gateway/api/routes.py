@@ -35,6 +35,7 @@ from gateway.api.protocol import (
     TeiRank,
     TeiRerankRequest,
 )
+from gateway.serving.cache import CachePolicy
 from gateway.serving.service import RerankService
 
 ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
@@ -57,7 +58,9 @@ async def service(request: Request) -> RerankService:
 
 
 async def record(request: Request) -> RequestRecord:
-    request.state.record = RequestRecord()  # read back after the response, for headers and metrics
+    # Read back after the response, for headers and metrics; it carries the key's name and Cache-Control in.
+    request.state.record = RequestRecord(api_key=getattr(request.state, "api_key", None),
+                                         cache=CachePolicy.from_header(request.headers.get("cache-control")))
     return request.state.record
 
 
@@ -96,8 +99,8 @@ async def rerank_documents(
     return await svc.rerank(body, stats, _priority(body.priority, header))
 
 
-@scored.post("/v1/score", response_model=ScoreResponse, tags=["rerank"])
-@scored.post("/score", response_model=ScoreResponse, tags=["rerank"])
+@scored.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True, tags=["rerank"])
+@scored.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, tags=["rerank"])
 async def score(body: ScoreRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record),
                 header: int | None = Depends(header_priority)):
     """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, queries/documents or items, data_1/data_2)."""

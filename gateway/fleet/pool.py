@@ -75,6 +75,9 @@ class TritonPool:
         self._watcher: asyncio.Task | None = None
         self._retired: set[Replica] = set()  # left the DNS answer; closed once their requests finish
         self._resolved_at = -float("inf")
+        # Told a model's name whenever a replica gains or loses it (a load, a restart, a replica that comes or
+        # goes): what answers for the model may have changed, and the score cache confirms its fingerprint again.
+        self.on_model_change: Callable[[str], None] = lambda model: None
 
     # --- life cycle
     async def start(self) -> None:
@@ -129,7 +132,7 @@ class TritonPool:
 
     async def _check(self, replica: Replica) -> None:
         """Is it live, and what has it READY; a managing pool then loads what it lacks."""
-        was_live, actions = replica.live, replica.actions
+        was_live, actions, before = replica.live, replica.actions, set(replica.ready)
         states = None
         if await replica.client.is_live():
             try:
@@ -141,9 +144,11 @@ class TritonPool:
                 log.warning("Triton replica %s is down; its requests go to the others", replica.address)
             replica.live = False
             replica.ready.clear()
+            self._changed(before)
             return
         if replica.actions == actions:  # else a load or unload finished meanwhile and knows better
             replica.ready = {s.name for s in states if s.state == "READY"}
+            self._changed(before ^ replica.ready)
         replica.live = True
         if not was_live:
             log.info("Triton replica %s is live with %s READY", replica.address, sorted(replica.ready) or "nothing")
@@ -172,6 +177,8 @@ class TritonPool:
                 return False
             loaded = await replica.client.load(model)
             replica.ready.add(model)
+            if loaded:
+                self.on_model_change(model)
             replica.actions += 1
             replica.failed_loads.pop(model, None)
             return loaded
@@ -216,6 +223,7 @@ class TritonPool:
         async with replica.lock:
             replica.ready.discard(model)
             replica.actions += 1
+            self.on_model_change(model)
             await replica.client.unload(model)
 
     async def unload(self, model: str) -> None:
@@ -306,12 +314,18 @@ class TritonPool:
             if replica.live:
                 log.warning("Triton replica %s failed a request (%s); retrying elsewhere", replica.address,
                             error.message)
+            self._changed(replica.ready)
             replica.live = False
             replica.ready.clear()
         else:
             log.warning("Triton replica %s has lost %s (%s); retrying elsewhere", replica.address, model,
                         error.message)
             replica.ready.discard(model)
+            self.on_model_change(model)
+
+    def _changed(self, models: Iterable[str]) -> None:
+        for model in sorted(models):
+            self.on_model_change(model)
 
     def _none_live(self) -> GatewayError:
         known = ", ".join(sorted(self.replicas)) or f"none found at {self.targets.describe}"

@@ -16,7 +16,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from gateway.errors import ErrorKind, GatewayError
 from gateway.serving.leases import Leases
@@ -58,6 +58,9 @@ class ModelManager:
         self.leases = Leases()
         self._switch_lock = asyncio.Lock()
         self._triton_was_down = False
+        # Told a model's name whenever this gateway loads it, sees it loaded elsewhere or stops counting it as
+        # loaded: the score cache then trusts no fingerprint of it until a response confirms one.
+        self.on_change: Callable[[str], None] = lambda model: None
 
     async def start(self) -> None:
         """Wait for Triton, then load and activate the default model.
@@ -112,6 +115,7 @@ class ModelManager:
                     if await self.triton.load(model):
                         log.warning("Triton was back without %s; loaded it again", model)
                     self.loaded[model] = await self.triton.model_config(model)
+                    self.on_change(model)
             except GatewayError as exc:
                 log.error("could not restore %s after Triton came back: %s", wanted, exc.message)
                 return
@@ -165,6 +169,7 @@ class ModelManager:
         model = await self.resolve(requested, field="model")
         if model not in self.loaded and await self.triton.is_ready(model):
             self.loaded[model] = await self.triton.model_config(model)  # loaded by another gateway
+            self.on_change(model)
         if model not in self.loaded:
             loaded = ", ".join(sorted(self.loaded)) or "none"
             raise GatewayError(
@@ -204,6 +209,8 @@ class ModelManager:
         with self.tracing.span("model load", **{"reranker.model": target}):
             loaded = await self.triton.load(target)
         load_time = time.perf_counter() - started if loaded else 0.0  # already loaded: nothing to wait for
+        if loaded:
+            self.on_change(target)
         if not await self.triton.is_ready(target):
             raise GatewayError(ErrorKind.MODEL_LOAD_FAILED, f"model {target} loaded but is not ready")
         return load_time
@@ -212,6 +219,7 @@ class ModelManager:
         """New requests use `target` from now on (it must be READY)."""
         if target not in self.loaded:
             self.loaded[target] = await self.triton.model_config(target)
+            self.on_change(target)
         self.active = target
         self.metrics.set_active(target)
 
@@ -224,6 +232,7 @@ class ModelManager:
             log.warning("%s still has %d requests after %.0f s; unloading anyway (Triton finishes them)",
                         model, self.leases.held(model), self.settings.drain_timeout_s)
         self.loaded.pop(model, None)
+        self.on_change(model)
         return drained
 
     async def unload(self, model: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import RequestRecord
+from gateway.serving.cache import CachePolicy, ScoreCache
 from gateway.serving.model_manager import ModelManager
 from gateway.serving.priority import RowBudget, is_bulk, triton_priority_level
 from gateway.api.protocol import (
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
 
 class RerankService:
     def __init__(self, triton: InferenceBackend, models: ModelManager, settings: GatewaySettings,
-                 cluster: Cluster | None = None) -> None:
+                 cluster: Cluster | None = None, cache: ScoreCache | None = None) -> None:
         self.triton = triton
+        self.cache = cache  # None: RERANKER_CACHE is off
         self.models = models
         self.settings = settings
         self.cluster = cluster  # None: this gateway switches alone
@@ -70,6 +72,7 @@ class RerankService:
         texts, warnings = _document_texts(body)
         self._check_count(len(texts), "documents")
         warnings += body.ignored_fields()
+        _bypass(body, record)
         async with self._lease(body.model, warnings) as model:
             options = self._options(body, model, len(texts), keep_end=body.truncation_side == "left")
             instruction = body.instruction if model.takes_instructions else None
@@ -101,6 +104,7 @@ class RerankService:
                 prompt_tokens=tokens,
                 truncated_documents=truncated,
                 chunks=int(outputs.chunks.sum()) if chunked else None,
+                cached_documents=record.cached,
             ),
             meta=RerankMeta(truncated_documents=truncated, warnings=warnings),
         )
@@ -125,6 +129,7 @@ class RerankService:
     async def score(self, body: ScoreRequest, record: RequestRecord, priority: int = 0) -> ScoreResponse:
         self._check_count(len(body.documents), "documents")
         warnings = body.ignored_fields()
+        _bypass(body, record)
         async with self._lease(body.model, warnings) as model:
             options = self._options(body, model, len(body.documents), keep_end=body.truncation_side == "left")
             outputs = await self._score(model, body.queries, body.documents, options=options, record=record,
@@ -138,7 +143,7 @@ class RerankService:
             id=uuid.uuid4().hex,
             model=model.name,
             data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(scores)],
-            usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
+            usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens, cached_documents=record.cached),
         )
 
     @asynccontextmanager
@@ -205,6 +210,28 @@ class RerankService:
     ) -> ScoreOutputs:
         if record is not None:
             record.model = model.name  # set first: a request that fails is still counted under its model
+
+        async def send(rows_queries: Sequence[str], rows_documents: Sequence[str]) -> list[ScoreOutputs]:
+            return await self._dispatch(model, rows_queries, rows_documents, instruction, options, priority)
+
+        if self.cache is None:
+            outputs = ScoreOutputs.concatenate(await send(queries, documents))
+        else:
+            policy = (record and record.cache) or CachePolicy()
+            outputs, cached = await self.cache.score(model.name, queries, documents, instruction, options, send,
+                                                     policy, record and record.api_key)
+            if record is not None:
+                record.cached = cached
+        _require_finite(outputs, model)
+        if record is not None:
+            record.record_scores(outputs)
+            if record.cached == len(documents):  # no Triton time to report: no zeros in its histograms
+                record.inference_s = record.queue_s = None
+        return outputs
+
+    async def _dispatch(self, model: ModelConfig, queries: Sequence[str], documents: Sequence[str],
+                        instruction: str | None, options: PairOptions, priority: int) -> list[ScoreOutputs]:
+        """Rows scored on the model: each chunk's outputs, in row order."""
         # Chunks of at most max_batch_size go out concurrently, so Triton's dynamic batcher can merge them
         # with other clients' work. A chunked document stays one row: the model expands it into its windows
         # inside the batch, where the micro-batches' token budget bounds the memory they take.
@@ -227,17 +254,12 @@ class RerankService:
                 return await self.triton.score(model.name, *rows, instruction, options, priority_level=level)
 
         try:
-            chunks = await asyncio.gather(*(chunk(i) for i in range(0, len(documents), size)))
+            return list(await asyncio.gather(*(chunk(i) for i in range(0, len(documents), size))))
         except GatewayError as exc:
             if exc.kind is ErrorKind.INVALID_REQUEST and options.max_tokens is not None:
                 # The only request-made limit a model can refuse: too few tokens for its template.
                 raise GatewayError(exc.kind, f"truncate_prompt_tokens: {exc.message}", "truncate_prompt_tokens") from None
             raise
-        outputs = ScoreOutputs.concatenate(chunks)
-        _require_finite(outputs, model)
-        if record is not None:
-            record.record_scores(outputs)
-        return outputs
 
     def _window(self, model: ModelConfig) -> RowBudget | None:
         if self.settings.dispatch_window_rows is None:
@@ -295,6 +317,12 @@ class RerankService:
         ready = live and active is not None and await self.triton.is_ready(active)
         status = "ok" if ready else ("degraded" if live else "unavailable")
         return HealthResponse(status=status, triton_live=live, active_model=active)
+
+
+def _bypass(body: ScoringOptions, record: RequestRecord) -> None:
+    """The body's `cache: false`: the score cache is neither read nor written for this request."""
+    if body.cache is False:
+        record.cache = CachePolicy(read=False, write=False)
 
 
 def _ranking(scores: np.ndarray, top_n: int | None = None) -> list[int]:

@@ -92,17 +92,22 @@ class ScoreOutputs:
     chunks: np.ndarray  # windows scored per document (1 unless chunking was asked for)
     compute_s: float  # engine time of the batch this request rode in
     round_trip_s: float  # gateway -> Triton -> gateway
+    # What computed these rows (contract.OUTPUT_FINGERPRINT); None when unknown: such rows are never cached.
+    fingerprint: str | None = None
 
     def rows(self, start: int, end: int) -> "ScoreOutputs":
         """Rows start..end, as if they had been a request of their own (a coalesced caller's share)."""
         arrays = [getattr(self, f)[start:end] for f in contract.SCORE_OUTPUTS]
-        return ScoreOutputs(*arrays, self.compute_s, self.round_trip_s)
+        return ScoreOutputs(*arrays, self.compute_s, self.round_trip_s, self.fingerprint)
 
     @classmethod
     def concatenate(cls, parts: Sequence["ScoreOutputs"]) -> "ScoreOutputs":
-        """Chunks scored concurrently, back in request order; times of the slowest chunk."""
+        """Chunks scored concurrently, back in request order; times of the slowest chunk; the fingerprint
+        they all carry, else None."""
         arrays = [np.concatenate([getattr(p, f) for p in parts]) for f in contract.SCORE_OUTPUTS]
-        return cls(*arrays, max(p.compute_s for p in parts), max(p.round_trip_s for p in parts))
+        fingerprints = {p.fingerprint for p in parts}
+        return cls(*arrays, max(p.compute_s for p in parts), max(p.round_trip_s for p in parts),
+                   fingerprints.pop() if len(fingerprints) == 1 else None)
 
 
 def classify(status: str, message: str) -> ErrorKind:
@@ -245,8 +250,9 @@ class TritonBackend:
                                  "limit (RERANKER_REQUEST_TIMEOUT_S); the request was dropped")
             raise error from None
         round_trip = time.perf_counter() - started
-        *arrays, compute_us = (result.as_numpy(name).reshape(-1) for name in contract.OUTPUTS)
-        return ScoreOutputs(*arrays, compute_s=float(compute_us[0]) / 1e6, round_trip_s=round_trip)
+        *arrays, compute_us, fingerprint = (result.as_numpy(name).reshape(-1) for name in contract.OUTPUTS)
+        return ScoreOutputs(*arrays, compute_s=float(compute_us[0]) / 1e6, round_trip_s=round_trip,
+                            fingerprint=fingerprint[0].decode())
 
 
 def _strings(name: str, values: Sequence[str]) -> InferInput:

@@ -8,6 +8,7 @@ milliseconds."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -15,6 +16,13 @@ import numpy as np
 from gateway.errors import ErrorKind, GatewayError
 from gateway.serving.triton import ModelState, PairOptions, ScoreOutputs
 from rerank_engine.model_config import ModelConfig
+
+
+def pair_score(model: str, fingerprint: str | None, instruction: str | None, options: PairOptions, query: str,
+               document: str) -> float:
+    """A score in [0, 1) that differs with every input: what a cache hit must reproduce exactly."""
+    text = repr((model, fingerprint, instruction, options, query, document)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little") / 2**32
 
 
 def model_config(name: str, max_batch_size: int = 8) -> ModelConfig:
@@ -36,6 +44,11 @@ class FakeTriton:
         self.loading_now = 0
         self.most_loading_at_once = 0
         self.scored = 0  # requests answered
+        self.rows: list[int] = []  # rows of each score call, in order
+        # What each model's responses report as their fingerprint (a model missing here reports none, as a
+        # Triton model without the output would); with by_pair, scores depend on the pair and the fingerprint.
+        self.fingerprints: dict[str, str] = {}
+        self.by_pair = False
         self._crashed = asyncio.Event()  # set while down: requests held in score() fail as a dead server's do
 
     # --- what a test does to it
@@ -114,11 +127,20 @@ class FakeTriton:
             if crashed.is_set():  # died with the request in flight
                 raise GatewayError(ErrorKind.BACKEND_UNAVAILABLE, "Socket closed")
         self.scored += 1
+        self.rows.append(len(documents))
         n = len(documents)
+        fingerprint = self.fingerprints.get(model)
+        if self.by_pair:
+            score = np.array([pair_score(model, fingerprint, instruction, options, q, d)
+                              for q, d in zip(queries, documents)], np.float32)
+            tokens = np.array([len(q) + len(d) for q, d in zip(queries, documents)], np.int32)
+            truncated = tokens > 40
+            return ScoreOutputs(score, score * 10, tokens, tokens + 1, truncated, 1 + tokens % 3, 0.0, 0.0,
+                                fingerprint)
         # A score that says which model made it: the model's name length, per document.
         score = np.full(n, len(model) / 100, np.float32)
         ones = np.ones(n, np.int32)
-        return ScoreOutputs(score, score, ones, ones, np.zeros(n, bool), ones, 0.0, 0.0)
+        return ScoreOutputs(score, score, ones, ones, np.zeros(n, bool), ones, 0.0, 0.0, fingerprint)
 
     async def close(self) -> None:
         pass

@@ -41,7 +41,8 @@ class RowBackend:
         n = len(documents)
         score = np.array([row_score(q, d) for q, d in zip(queries, documents)], dtype=np.float32)
         return ScoreOutputs(score, score * 10, np.full(n, 7, np.int32), np.full(n, 9, np.int32),
-                            np.zeros(n, bool), np.ones(n, np.int32), compute_s=0.001, round_trip_s=0.002)
+                            np.zeros(n, bool), np.ones(n, np.int32), compute_s=0.001, round_trip_s=0.002,
+                            fingerprint=f"{model}-weights")
 
     async def is_live(self) -> bool:
         return True
@@ -65,7 +66,7 @@ async def test_concurrent_small_calls_share_one_request_and_each_gets_its_own_ro
     for (query, documents), outputs in zip(calls, answers):
         assert outputs.score.tolist() == expected(query, documents)
         assert outputs.raw_score.tolist() == pytest.approx([10 * s for s in expected(query, documents)])
-        assert len(outputs.num_tokens) == len(documents)
+        assert len(outputs.num_tokens) == len(documents) and outputs.fingerprint == "m-weights"
 
 
 async def test_model_options_instruction_and_level_are_never_mixed():

@@ -11,7 +11,7 @@ kernel with a plain-PyTorch fallback of the same arithmetic:
 
 Quantizing where the activation is produced is what makes FP8 products pay:
 measured on an H200, a separate quantization pass before each product made the
-FP8 layer slower than bf16 (issue 11). The recipe is `rerank_engine.fp8`'s.
+FP8 layer slower than bf16 (issue 11). The recipe is `rerank_engine.fp8_recipe`'s.
 
 Everything computes in float32 and rounds once, at the output. Where the bf16
 model rounds in between (transformers' RMSNorm rounds the normalized value to
@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import torch
 
-from rerank_engine.fp8 import FP8_DTYPE, SCALED_MM_CAPABILITY, quantize_rows
+from rerank_engine.fp8_recipe import FP8_DTYPE, SCALED_MM_CAPABILITY, quantize_rows
 
 MAX_SINGLE_BLOCK = 8192
 """Rows up to this many columns are held in registers in one block (Qwen3's hidden sizes 2,560 and 4,096);

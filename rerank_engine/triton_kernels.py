@@ -7,7 +7,7 @@ rows are short (2,560 to 12,288 values) and the work is memory-bound, so each
 kernel reads its row once where one block holds it, and otherwise loops over
 column blocks, reading the row again from cache for each later pass.
 
-Arithmetic follows `rerank_engine.fp8`'s recipe in float32: IEEE division and
+Arithmetic follows `rerank_engine.fp8_recipe` in float32: IEEE division and
 square root (`div_rn`, `sqrt_rn`) where the PyTorch fallback divides, so the
 two agree to the last bit wherever their reductions do.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from rerank_engine.fp8 import AMAX_FLOOR, FP8_MAX
+from rerank_engine.fp8_recipe import AMAX_FLOOR, FP8_MAX
 
 _FP8_MAX = tl.constexpr(FP8_MAX)
 _AMAX_FLOOR = tl.constexpr(AMAX_FLOOR)

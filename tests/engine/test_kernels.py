@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, apply_rotary_pos_emb
 
 from rerank_engine import kernels
-from rerank_engine.fp8 import FP8_DTYPE
+from rerank_engine.fp8_recipe import FP8_DTYPE
 from tests.engine.kernel_cases import CASES, case_inputs, run_cases
 from tests.stack import REPO_ROOT
 
@@ -219,3 +219,17 @@ def test_triton_kernel_equals_its_fallback(kernel_results, backend, name):
         # Scale exactly 1: the kernel's FP8 conversion met every E4M3 value and tie; all bit for bit.
         assert got[1][2].item() == 1.0
         assert torch.equal(got[0][2].view(torch.uint8), want[0][2].view(torch.uint8))
+
+
+def test_the_recipe_is_imported_one_way():
+    """fp8_recipe imports no other engine module, the kernels never import the FP8 layers' module, and the
+    FP8 layers' module takes its constants from the recipe: no import circle between the three."""
+    code = ("import sys; import rerank_engine.kernels; "
+            "assert 'rerank_engine.fp8' not in sys.modules, 'kernels imported fp8'; "
+            "import rerank_engine.fp8 as f, rerank_engine.fp8_recipe as r; "
+            "assert f.FP8_DTYPE is r.FP8_DTYPE and f.quantize_rows is r.quantize_rows")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    source = (REPO_ROOT / "rerank_engine" / "fp8_recipe.py").read_text()
+    assert "from rerank_engine" not in source and "import rerank_engine" not in source

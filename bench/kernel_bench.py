@@ -1,7 +1,8 @@
 """Times the fused kernels of `rerank_engine.kernels` at the real models' shapes:
 each as shipped, against its unfused PyTorch reference, with `--variants`
 under other launch choices (block sizes, warps, rows per program), and with
-`--methods` every method of `silu_mul_quant` (kernels.SILU_MUL_QUANT_METHODS).
+`--methods` every method of `silu_mul_quant` (kernels.SILU_MUL_QUANT_METHODS), with `--tuning` the
+warps of `one_pass` and the rows per program of the norm kernels.
 Each row carries the bytes its work must move at least (`bench.floors`) and
 the rate that makes, against the card's copy bandwidth measured in the same
 run (`copy_gb_per_s`): how near the memory limit each kernel runs.
@@ -12,7 +13,7 @@ micro-batch, ~18,000 per bge one: `--bge-tokens`). Each figure is the median of
 measurement and writes them to `<out>/kernels.json`. `--device cpu` times on the
 CPU (the kernels under TRITON_INTERPRET=1, else their fallbacks): a smoke run.
 
-  python -m bench.kernel_bench --variants --methods --bge --out /tmp/kernels
+  python -m bench.kernel_bench --methods --tuning --bge --out /tmp/kernels
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _row(model: str, name: str, tokens: int, us: float, floor_bytes: int | None,
 
 
 def measure(model: str, tokens: int, rounds: int, variants: bool, methods: bool, device: torch.device,
-            bandwidth: float | None) -> list[dict]:
+            bandwidth: float | None, tuning: bool = False) -> list[dict]:
     hidden, intermediate, qk_heads, head_dim = SHAPES[model]
     bf16 = dict(dtype=torch.bfloat16, device=device)
     gate_up = torch.randn(tokens, 2 * intermediate, **bf16)
@@ -149,7 +150,7 @@ def measure(model: str, tokens: int, rounds: int, variants: bool, methods: bool,
         for method in kernels.SILU_MUL_QUANT_METHODS:
             us = timed_us(lambda: kernels.silu_mul_quant(gate_up, method=method), rounds, device)
             extra = {"method": method}
-            if method == "one_pass" and variants:
+            if method == "one_pass" and tuning:
                 extra["warps_us"] = {}
                 saved = kernels._warps
                 try:
@@ -163,7 +164,7 @@ def measure(model: str, tokens: int, rounds: int, variants: bool, methods: bool,
     return rows
 
 
-def measure_bge(tokens: int, rounds: int, variants: bool, device: torch.device, bandwidth: float | None,
+def measure_bge(tokens: int, rounds: int, tuning: bool, device: torch.device, bandwidth: float | None,
                 shape: tuple[int, int, int, int] = BGE) -> list[dict]:
     """bge's fused kernels against what the reference packed path runs in their place."""
     hidden, intermediate, vocabulary, positions = shape
@@ -180,7 +181,7 @@ def measure_bge(tokens: int, rounds: int, variants: bool, device: torch.device, 
     add_bytes = floors.add_layer_norm_bytes(tokens, hidden, y.element_size())
     reference_us = timed_us(lambda: F.layer_norm(y + x, (hidden,), weight, shift, 1e-5), rounds, device)
     extra = {"pytorch_add_then_layer_norm_us": reference_us}
-    if variants:
+    if tuning:
         extra["rows_per_program_us"] = {
             str(r): timed_us(lambda r=r: kernels.add_layer_norm(y, x, weight, shift, 1e-5, bias, rows_per_program=r),
                              rounds, device) for r in (1, 2, 4, 8, 16)}
@@ -216,7 +217,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--bge-tokens", type=int, default=18432)
     parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--variants", action="store_true", help="also time other launch choices")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time other block and warp choices of the quantizers (2026-12-01's table)")
+    parser.add_argument("--tuning", action="store_true",
+                        help="also time one_pass at 4-32 warps and the norm kernels at 1-16 rows a program")
     parser.add_argument("--methods", action="store_true", help="also time every silu_mul_quant method")
     parser.add_argument("--bge", action="store_true", help="also time bge's fused kernels and GELU epilogue")
     parser.add_argument("--device", default="cuda:0")
@@ -230,10 +234,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [{"copy_gb_per_s": bandwidth, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
              else "cpu", "kernels_run": "triton" if kernels.available(device, fp8=False) else "fallback"}]
     for model in args.models:
-        rows.extend(measure(model, args.tokens, args.rounds, args.variants, args.methods, device, bandwidth))
+        rows.extend(measure(model, args.tokens, args.rounds, args.variants, args.methods, device, bandwidth,
+                            args.tuning))
     if args.bge:
         shape = BGE if device.type == "cuda" else (768, 3072, 1000, 514)
-        rows.extend(measure_bge(args.bge_tokens, args.rounds, args.variants, device, bandwidth, shape))
+        rows.extend(measure_bge(args.bge_tokens, args.rounds, args.tuning, device, bandwidth, shape))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows

@@ -1,10 +1,14 @@
 """Where the engine's host time goes for bge on issue 6's workload, on the CPU:
 the real tokenizer on 100-pair requests, against the Python and dispatch cost
-of one packed forward. The forward runs on a narrow model (bge's 12 layers and
-real vocabulary, hidden 64) so its arithmetic is negligible and what is left is
-what the host spends launching it; the real width would only add the CPU's
-own arithmetic, which a GPU takes over. cProfile of whole `score` calls names
-the functions.
+of one packed forward per request.
+
+The forward runs as the GPU runs it, one attention call per layer (a stand-in
+for FlashAttention's varlen kernel: the CPU path's loop of one attention call
+per span is not what a GPU host does), on a narrow model (bge's 12 layers and
+real vocabulary, hidden 16) and 100 short rows, so that its arithmetic is
+negligible and what is left is what the host spends issuing its ops; each op
+is one or more kernel launches on a GPU, where a launch costs the host more
+than a CPU dispatch. cProfile of whole `score` calls names the functions.
 
   python -m bench.host_profile --tokenizers /work/shared/data/tokenizers --out /tmp/host
 """
@@ -33,8 +37,8 @@ def build_narrow_bge(folder: Path, tokenizers: Path) -> Path:
 
     if (folder / "config.json").is_file():
         return folder
-    config = XLMRobertaConfig(vocab_size=250002, hidden_size=64, num_hidden_layers=12, num_attention_heads=4,
-                              intermediate_size=256, max_position_embeddings=514, type_vocab_size=1,
+    config = XLMRobertaConfig(vocab_size=250002, hidden_size=16, num_hidden_layers=12, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=514, type_vocab_size=1,
                               layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=1)
     torch.manual_seed(0)
     XLMRobertaForSequenceClassification(config).save_pretrained(folder)
@@ -60,15 +64,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_results/host_profile"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    folder = build_narrow_bge(args.models_dir / "bge-narrow", args.tokenizers)
+    folder = build_narrow_bge(args.models_dir / "bge-narrow16", args.tokenizers)
     requests = workload(args.requests, 100)
+    short = [[pair._replace(document=pair.document[:40]) for pair in pairs] for pairs in requests]
     result = {"cpu_threads": torch.get_num_threads(), "requests": args.requests, "docs": 100}
+    from rerank_engine import packed
+
+    # One op per layer for attention, as FlashAttention's varlen kernel is on a GPU.
+    packed.varlen_kernel_available = lambda device, dtype: True
+    packed.flash_varlen = lambda q, k, v, *rest: (q.clone(),)
     for label, fusions in (("reference", ()), ("fusions_exact", ("embed_norm", "add_norm"))):
         scorer = load_scorer(EngineConfig(scorer="cross_encoder", weights_path=str(folder), max_length=512,
                                           packed="true", fusions=fusions), torch.device("cpu"))
-        encoded = [scorer.encode(pairs) for pairs in requests]
-        result["tokens_per_request"] = int(sum(e.num_tokens.sum() for e in encoded) / len(encoded))
+        result["tokens_per_request"] = int(sum(scorer.encode(p).num_tokens.sum() for p in requests) / len(requests))
         result["encode_ms_per_request"] = median_ms(lambda i: scorer.encode(requests[i % len(requests)]), args.requests)
+        encoded = [scorer.encode(pairs) for pairs in short]
+        result["short_rows_tokens_per_request"] = int(sum(e.num_tokens.sum() for e in encoded) / len(encoded))
         result[f"{label}_forward_ms_per_request"] = median_ms(
             lambda i: scorer.infer(encoded[i % len(encoded)]), args.requests)
         from torch.profiler import ProfilerActivity, profile
@@ -82,7 +93,7 @@ def main() -> None:
                                                            and e.id not in parents)
     profiler = cProfile.Profile()
     profiler.enable()
-    for pairs in requests:
+    for pairs in short:
         scorer.score(pairs)
     profiler.disable()
     text = io.StringIO()

@@ -69,7 +69,7 @@ for name in $STEPS; do
       if [ "$CPU" = 1 ]; then
         step kernels 100 env TRITON_INTERPRET=1 "${bench[@]}" --methods --bge --tuning
       else
-        step kernels 100 "${bench[@]}" --methods --tuning --bge --rounds 30
+        step kernels 90 "${bench[@]}" --methods --tuning --bge --rounds 20
       fi ;;
     bge) step bge 200 "${suite[@]}" bge ;;
     qwen) step qwen 130 "${suite[@]}" qwen ;;

@@ -1,4 +1,4 @@
-"""Fused element-wise kernels around the Qwen3 matrix products, each a Triton
+"""Fused element-wise kernels around the rerankers' matrix products, each a Triton
 kernel with a plain-PyTorch fallback of the same arithmetic:
 
 - `rms_norm_quant`: [residual add,] RMSNorm, per-token FP8 quantization: the
@@ -417,8 +417,6 @@ def add_layer_norm_torch(
 
 def _norm_launch_shape(columns: int, rows_per_program: int | None) -> tuple[int, int, int, int]:
     head, tail = _head_tail(columns)
-    if tail > head:  # cannot happen (_head_tail's tail is at most its head); kept as the kernel's precondition
-        raise AssertionError((columns, head, tail))
     rows = rows_per_program or NORM_ROWS
     return rows, head, tail, 4 if rows * (head + tail) <= 4096 else 8
 

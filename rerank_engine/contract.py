@@ -71,6 +71,21 @@ PARAM_PACKED = "packed"
 PARAM_GPU_MEMORY_BUDGET_MIB = "gpu_memory_budget_mib"
 """GPU only: the most device memory (MiB) one instance's allocator may hold. At load the engine checks
 its heaviest batch against it and shrinks `max_batch_tokens` until that fits, or fails the load."""
+PARAM_PACKED_GRAPHS = "packed_graphs"
+"""`true` or `false` (the default), cross_encoder only, GPU only, with packed batches: packed micro-batches
+(more than the 16 pairs `cuda_graphs` replays padded) replay CUDA graphs captured at load per token-count
+bucket (`rerank_engine.cuda_graphs.PackedGraphs`), one launch instead of ~130."""
+PARAM_FUSIONS = "fusions"
+"""cross_encoder only, packed batches: a comma-separated subset of `embed_norm`, `add_norm`, `gelu_epilogue`
+(`rerank_engine.packed.PackedXLMRoberta`), `all`, or `none` (the default). `gelu_epilogue` computes GELU's
+tanh approximation where the model's is exact."""
+PARAM_COMPILE = "compile"
+"""`true` or `false` (the default), cross_encoder only, packed batches: `torch.compile` of each layer's work past
+attention (dynamic token count). The compilation runs at load (tens of seconds, less from inductor's cache)."""
+PARAM_PIPELINE_PAIRS = "pipeline_pairs"
+"""`0` (the default: off) or a number of pairs, cross_encoder only, packed batches: a call's pairs are tokenized
+and launched that many at a time, all before any result is read, so the host tokenizes the next piece while the
+GPU runs the last."""
 PARAM_PREFIX_REUSE = "prefix_reuse"
 """`true` (the default) or `false`, qwen3_reranker only: run the prompt head shared by a query's documents once."""
 

@@ -66,7 +66,7 @@ class CrossEncoderScorer(Scorer):
 
         if not self.packable(self.model):
             raise ValueError(f"no packed forward for {self.model.config.model_type} models")
-        return PackedXLMRoberta(self.model)
+        return PackedXLMRoberta(self.model, fusions=self.execution.fusions, compile=self.execution.compile)
 
     def forward(self, input_ids, attention_mask, lengths) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]

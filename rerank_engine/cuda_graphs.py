@@ -1,5 +1,7 @@
 """CUDA graphs for a scorer's forward pass: each micro-batch shape, rounded up
-to a bucket, is captured once and then replayed.
+to a bucket, is captured once and then replayed. `GraphedForward` does it for
+padded micro-batches (rows x width buckets), `PackedGraphs` for packed ones
+(token-count buckets).
 
 Where the host is the limit, a graph removes it. On an H200 (transformers 5.17,
 bench.profile_engine) one bge-reranker-base pair runs ~0.6 ms of kernels but
@@ -152,3 +154,141 @@ class GraphedForward:
         entry = self.graphs[(rows, width)] = _Graph(graph, input_ids, attention_mask, lengths, output)
         log.debug("captured a CUDA graph for %d rows x %d tokens (%d graphs)", rows, width, len(self.graphs))
         return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed (padding-free) batches, replayed per token-count bucket
+# ---------------------------------------------------------------------------------------------
+
+PACKED_TOKEN_STEPS = ((16384, 1024), (65536, 2048))
+"""Packed token buckets: multiples of 1,024 tokens up to 16,384, then of 2,048 (and 512 below 1,024).
+A micro-batch runs in the smallest bucket that holds it, the rest of the bucket being tokens no span
+covers: they cost the products' work (under a step: at most 11% of an issue-6 micro-batch of ~18k
+tokens, ~5.5% on average) but no attention."""
+
+
+def packed_buckets(max_tokens: int) -> list[int]:
+    """Every token bucket up to the one that holds `max_tokens`."""
+    buckets, size = [512], 512
+    while size < max_tokens:
+        step = next(step for limit, step in PACKED_TOKEN_STEPS if size < limit) if size >= 1024 else 512
+        size += step
+        buckets.append(size)
+    return buckets
+
+
+@dataclass
+class _PackedGraph:
+    graph: torch.cuda.CUDAGraph
+    ids: torch.Tensor  # [bucket] int64
+    positions: torch.Tensor  # [bucket] int64
+    meta: torch.Tensor  # [2 * rows + 1] int64: the span offsets (rows + 1), then each row's first token (rows)
+    output: torch.Tensor  # [rows] one float per row slot
+
+
+class PackedGraphs:
+    """A drop-in for a packed forward (`PackedXLMRoberta`) on a CUDA device: each micro-batch replays the
+    graph of its token bucket. What varies inside a bucket is data, not shape:
+    - ids and positions fill the bucket's first tokens; the tokens after them keep whatever an earlier
+      batch left (valid ids, so every gather stays in range) and belong to no span;
+    - the span offsets have `max_rows` + 1 slots; the slots past the batch's rows repeat its token count,
+      so those spans are empty: FlashAttention's varlen kernel skips them, and the uncovered tokens'
+      attention output is never read (every other op works row by row, and only rows' first tokens
+      are scored);
+    - FlashAttention's `max_q`/`max_k` are the model's `max_length`: they size its grid, not its result.
+    Batches the graphs cannot hold (more rows than `max_rows`, more tokens than the largest bucket, shared
+    heads or gathered keys, a span past `max_length`) run eagerly.
+
+    Buckets up to the token budget are captured at load, largest first, into one memory pool: graphs
+    replay one at a time (a lock), so each capture reuses the blocks the larger ones freed.
+    """
+
+    def __init__(self, forward, device: torch.device, pad_id: int, position_start: int, max_length: int,
+                 max_rows: int) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+        self.forward = forward
+        self.device = device
+        self.pad_id = pad_id
+        self.position_start = position_start
+        self.max_length = max_length
+        self.max_rows = max_rows
+        self.buckets: list[int] = []
+        self.graphs: dict[int, _PackedGraph] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+        self.side = torch.cuda.Stream(device)
+        self._lock = threading.Lock()
+        self.disabled = False
+        self.replays = 0
+        self.eager = 0  # batches that ran without a graph (for the benchmarks)
+
+    def _bucket(self, tokens: int) -> int | None:
+        index = bisect.bisect_left(self.buckets, tokens)
+        return self.buckets[index] if index < len(self.buckets) else None
+
+    def __call__(self, batch):
+        rows = batch.first.shape[0]
+        size = None if self.disabled or batch.kv_index is not None else self._bucket(batch.tokens)
+        if (size is None or rows > self.max_rows or len(batch.spans_q) != rows or batch.max_q > self.max_length
+                or size not in self.graphs):
+            self.eager += 1
+            return self.forward(batch)
+        offsets = [start for start, _ in batch.spans_q] + [batch.tokens]
+        meta = offsets + [batch.tokens] * (self.max_rows - rows) + offsets[:rows] + [0] * (self.max_rows - rows)
+        # A fresh pinned tensor per call: the caching host allocator keeps it until its copy has run.
+        host = torch.tensor(meta, dtype=torch.int64).pin_memory()
+        with self._lock:
+            entry = self.graphs[size]
+            entry.ids[: batch.tokens].copy_(batch.ids)
+            entry.positions[: batch.tokens].copy_(batch.positions)
+            entry.meta.copy_(host, non_blocking=True)
+            entry.graph.replay()
+            self.replays += 1
+            return entry.output[:rows].clone()
+
+    @torch.inference_mode()
+    def prepare(self, max_tokens: int) -> None:
+        """Capture every bucket up to `max_tokens` tokens now (a capture on a live request costs it tens of ms)."""
+        self.buckets = packed_buckets(max_tokens)
+        started = time.perf_counter()
+        with self._lock:
+            for size in reversed(self.buckets):
+                if self.disabled:
+                    break
+                try:
+                    self.graphs[size] = self._capture(size)
+                except RuntimeError:
+                    log.exception("packed CUDA graph capture failed; packed batches run without graphs")
+                    self.disabled = True
+            torch.cuda.empty_cache()
+        log.info("%d packed CUDA graphs ready (token buckets %d..%d, %d row slots) after %.1f s",
+                 len(self.graphs), self.buckets[0], self.buckets[-1], self.max_rows, time.perf_counter() - started)
+
+    def _capture(self, size: int) -> _PackedGraph:
+        from rerank_engine.packing import Packed
+
+        ids = torch.full((size,), self.pad_id, dtype=torch.long, device=self.device)
+        positions = torch.full((size,), self.position_start, dtype=torch.long, device=self.device)
+        # The warm-up pass runs on real spans (max_length tokens each) so every kernel meets valid offsets.
+        starts = list(range(0, size, self.max_length))[: self.max_rows]
+        offsets = starts + [size] * (self.max_rows + 1 - len(starts))
+        meta = torch.tensor(offsets + starts + [0] * (self.max_rows - len(starts)), dtype=torch.long,
+                            device=self.device)
+        rows = self.max_rows
+
+        def run():
+            cu = meta[: rows + 1].to(torch.int32)
+            batch = Packed(ids=ids, positions=positions, cu_q=cu, cu_k=cu, max_q=self.max_length,
+                           max_k=self.max_length, kv_index=None, first=meta[rows + 1 :], last=meta[rows + 1 :],
+                           spans_q=[], spans_k=[])
+            return self.forward(batch)
+
+        side = self.side
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = run()
+        return _PackedGraph(graph, ids, positions, meta, output)

@@ -16,7 +16,7 @@ import torch
 
 from rerank_engine import catalog, contract
 from rerank_engine.model_config import serving_dtype
-from rerank_engine.packed import varlen_kernel_available
+from rerank_engine.packed import BGE_FUSIONS, varlen_kernel_available
 from rerank_engine.scoring import Execution, Scorer
 from rerank_engine.weights import require_weights, resolve_weights_path
 
@@ -50,6 +50,10 @@ class EngineConfig:
     packed: str = "auto"  # padding-free batches: auto (where the varlen kernel runs), true or false
     gpu_memory_budget_mib: int | None = None  # GPU only: the most device memory the model's allocator may hold
     quantization: str = "none"  # none, or fp8: E4M3 linear layers (weights per channel, activations per token)
+    packed_graphs: bool = False  # cross_encoder, GPU: packed micro-batches replay graphs per token bucket
+    fusions: tuple[str, ...] = ()  # cross_encoder, packed: PackedXLMRoberta.FUSIONS in use
+    compile: bool = False  # cross_encoder, packed: torch.compile of the layers past attention
+    pipeline_pairs: int = 0  # cross_encoder, packed: tokenize and launch a call this many pairs at a time
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], max_batch_size: int = 256, model_name: str = "") -> "EngineConfig":
@@ -90,6 +94,19 @@ class EngineConfig:
             raise ValueError(
                 f"config.pbtxt parameter '{contract.PARAM_PACKED}' applies to {' and '.join(PACKED_SCORERS)} only"
             )
+        for key in (contract.PARAM_PACKED_GRAPHS, contract.PARAM_FUSIONS, contract.PARAM_COMPILE,
+                    contract.PARAM_PIPELINE_PAIRS):
+            if key in params and scorer != contract.SCORER_CROSS_ENCODER:
+                raise ValueError(f"config.pbtxt parameter '{key}' applies to {contract.SCORER_CROSS_ENCODER} only")
+        fusions = parse_fusions(params.get(contract.PARAM_FUSIONS) or "none")
+        compile_layers = flag(contract.PARAM_COMPILE, "false")
+        if compile_layers and "add_norm" in fusions:
+            raise ValueError(f"config.pbtxt parameters '{contract.PARAM_COMPILE}' and the add_norm fusion both fuse "
+                             "the add and LayerNorm: choose one")
+        pipeline_raw = params.get(contract.PARAM_PIPELINE_PAIRS) or "0"
+        if not (pipeline_raw.isascii() and pipeline_raw.isdigit()):
+            raise ValueError(f"config.pbtxt parameter '{contract.PARAM_PIPELINE_PAIRS}' must be 0 or a positive "
+                             f"integer, got {pipeline_raw!r}")
         quantization = params.get(contract.PARAM_QUANTIZATION) or "none"
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"config.pbtxt parameter '{contract.PARAM_QUANTIZATION}' must be one of "
@@ -110,10 +127,28 @@ class EngineConfig:
             gpu_memory_budget_mib=(positive_int(contract.PARAM_GPU_MEMORY_BUDGET_MIB, 1)
                                    if params.get(contract.PARAM_GPU_MEMORY_BUDGET_MIB) else None),
             quantization=quantization,
+            packed_graphs=flag(contract.PARAM_PACKED_GRAPHS, "false"),
+            fusions=fusions,
+            compile=compile_layers,
+            pipeline_pairs=int(pipeline_raw),
         )
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         return DTYPES[serving_dtype(self.scorer, self.dtype, on_gpu=device.type == "cuda")]
+
+
+def parse_fusions(value: str) -> tuple[str, ...]:
+    """The `fusions` parameter: `none`, `all`, or a comma-separated subset of BGE_FUSIONS (in that order)."""
+    if value == "none":
+        return ()
+    if value == "all":
+        return BGE_FUSIONS
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = names - set(BGE_FUSIONS)
+    if unknown or not names:
+        raise ValueError(f"config.pbtxt parameter '{contract.PARAM_FUSIONS}' must be none, all or a comma-separated "
+                         f"subset of {', '.join(BGE_FUSIONS)}, got {value!r}")
+    return tuple(name for name in BGE_FUSIONS if name in names)
 
 
 def resolve_device(instance_kind: str, device_id: int | str = 0) -> torch.device:
@@ -206,4 +241,12 @@ def _execution(config: EngineConfig, scorer_cls: type[Scorer], model, device: to
     packed = packable and (config.packed == "true" or (config.packed == "auto" and varlen_kernel_available(device, dtype)))
     if config.cuda_graphs and device.type != "cuda":
         log.info("cuda_graphs is on, but %s is not a CUDA device: running eagerly", device)
-    return Execution(packed=packed, cuda_graphs=config.cuda_graphs and device.type == "cuda")
+    needs_packed = [name for name, on in (("packed_graphs", config.packed_graphs), ("fusions", config.fusions),
+                                          ("compile", config.compile), ("pipeline_pairs", config.pipeline_pairs))
+                    if on]
+    if needs_packed and not packed:
+        log.info("%s apply to packed batches only, which are off here: not used", ", ".join(needs_packed))
+    return Execution(packed=packed, cuda_graphs=config.cuda_graphs and device.type == "cuda",
+                     packed_graphs=packed and config.packed_graphs and device.type == "cuda",
+                     fusions=config.fusions if packed else (), compile=packed and config.compile,
+                     pipeline_pairs=config.pipeline_pairs if packed else 0)

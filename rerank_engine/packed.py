@@ -16,7 +16,8 @@ Compared with transformers' padded forward, beyond skipping padding:
 - Qwen3's q/k RMSNorms and rotary embedding run once over the q and k heads
   together, RMSNorm is torch's fused kernel, the residual add rides in the
   output projections' matrix products (`addmm`), and the last layer's MLP
-  runs for the scored tokens only;
+  runs for the scored tokens only; bge can fuse its embeddings, bias + add +
+  LayerNorm and bias + GELU (`PackedXLMRoberta.FUSIONS`);
 - a row's keys are gathered after its head's (`Packed.kv_index`), so a
   query's shared prompt head runs once per micro-batch with no separate pass
   and no cache concatenation.
@@ -38,6 +39,10 @@ flash_varlen = getattr(torch.ops.aten, "_flash_attention_forward", None)
 `torch.nn.attention.varlen.varlen_attn` (torch 2.9+) wraps: the wrapper is a Python custom op, a host
 cost on each of the 12 (bge) or 36 (Qwen3) calls per forward pass where bge is host-bound, and its
 keyword arguments changed between releases."""
+
+
+BGE_FUSIONS = ("embed_norm", "add_norm", "gelu_epilogue")
+"""`PackedXLMRoberta`'s fused kernels, as config.pbtxt's `fusions` parameter names them."""
 
 
 def varlen_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -94,39 +99,96 @@ class PackedXLMRoberta:
 
     The layers run as plain functional calls on tensors fetched once: bge is
     host-bound, and each module call costs host time the GPU then waits for.
+    q, k and v are one product (`fuse_linears`).
+
+    `fusions` (a subset of FUSIONS; none is the reference path, as first shipped):
+    - `embed_norm`: the embeddings' gathers, adds and LayerNorm as one kernel (`kernels.embed_layer_norm`);
+    - `add_norm`: each output projection a plain `mm`, its bias, the residual add and LayerNorm one
+      kernel after it (`kernels.add_layer_norm`); the sum is not rounded before the norm;
+    - `gelu_epilogue`: the up-projection's bias and GELU in cuBLASLt's epilogue
+      (`torch._addmm_activation`), which computes GELU's tanh approximation, not the model's exact
+      (erf) GELU; off CUDA the same tanh GELU runs after the product, so the CPU computes what the GPU does.
+    `compile`: the layers after attention (projection to LayerNorm, twice) through `torch.compile`
+    (dynamic token count), which fuses their element-wise work itself; not combined with `add_norm`.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    FUSIONS = BGE_FUSIONS
+
+    def __init__(self, model: nn.Module, fusions: tuple[str, ...] | frozenset[str] = (), compile: bool = False) -> None:
+        unknown = set(fusions) - set(self.FUSIONS)
+        if unknown:
+            raise ValueError(f"unknown bge fusions {sorted(unknown)}; expected some of {', '.join(self.FUSIONS)}")
+        if compile and "add_norm" in fusions:
+            raise ValueError("compile and the add_norm fusion both fuse the add and LayerNorm: choose one")
         self.model = model
+        self.fusions = frozenset(fusions)
         embeddings = model.roberta.embeddings
         self.position_start = embeddings.padding_idx + 1
         self.heads = model.config.num_attention_heads
         self.width = (model.config.hidden_size,)
+        exact_gelu = model.config.hidden_act == "gelu"
+        if "gelu_epilogue" in self.fusions and not exact_gelu:
+            raise ValueError(f"gelu_epilogue replaces GELU, but this model's activation is {model.config.hidden_act}")
         self.layers = []
         for layer in model.roberta.encoder.layer:
             own, mixed, out = layer.attention.self, layer.attention.output, layer.output
             act = layer.intermediate.intermediate_act_fn
+            # Tensors and floats only past q/k/v: torch.compile guards on a module argument's identity, and
+            # twelve LayerNorm modules would cost twelve compilations.
             self.layers.append((
                 *fuse_linears(own.query, own.key, own.value),
-                mixed.dense.weight, mixed.dense.bias, mixed.LayerNorm,
+                mixed.dense.weight, mixed.dense.bias, mixed.LayerNorm.weight, mixed.LayerNorm.bias, mixed.LayerNorm.eps,
                 layer.intermediate.dense.weight, layer.intermediate.dense.bias,
-                F.gelu if model.config.hidden_act == "gelu" else act,
-                out.dense.weight, out.dense.bias, out.LayerNorm,
+                F.gelu if exact_gelu else act,
+                out.dense.weight, out.dense.bias, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps,
             ))
+        self._after_attention = self._after_attention_eager
+        if compile:
+            self._after_attention = torch.compile(self._after_attention_eager, dynamic=True)
 
     @torch.inference_mode()
     def __call__(self, batch: Packed) -> torch.Tensor:
-        embeddings = self.model.roberta.embeddings
-        x = embeddings.word_embeddings(batch.ids) + embeddings.token_type_embeddings.weight[0]
-        x = embeddings.LayerNorm(x + embeddings.position_embeddings(batch.positions))
+        x = self._embed(batch)
         tokens = x.shape[0]
-        for qkv_w, qkv_b, o_w, o_b, norm1, up_w, up_b, act, down_w, down_b, norm2 in self.layers:
+        for qkv_w, qkv_b, *rest in self.layers:
             q, k, v = F.linear(x, qkv_w, qkv_b).view(tokens, 3, self.heads, -1).unbind(1)
             context = attention(q, _keys(k, batch), _keys(v, batch), batch, causal=False)
-            x = F.layer_norm(F.linear(context, o_w, o_b) + x, self.width, norm1.weight, norm1.bias, norm1.eps)
-            h = act(F.linear(x, up_w, up_b))
-            x = F.layer_norm(F.linear(h, down_w, down_b) + x, self.width, norm2.weight, norm2.bias, norm2.eps)
+            x = self._after_attention(context, x, *rest)
         return self.model.classifier(x[batch.first].unsqueeze(1))[:, 0]
+
+    def _embed(self, batch: Packed) -> torch.Tensor:
+        embeddings = self.model.roberta.embeddings
+        if "embed_norm" in self.fusions:
+            norm = embeddings.LayerNorm
+            return kernels.embed_layer_norm(batch.ids, batch.positions, embeddings.word_embeddings.weight,
+                                            embeddings.position_embeddings.weight,
+                                            embeddings.token_type_embeddings.weight[0], norm.weight, norm.bias,
+                                            norm.eps)
+        x = embeddings.word_embeddings(batch.ids) + embeddings.token_type_embeddings.weight[0]
+        return embeddings.LayerNorm(x + embeddings.position_embeddings(batch.positions))
+
+    def _after_attention_eager(self, context, x, o_w, o_b, n1_w, n1_b, n1_eps, up_w, up_b, act, down_w, down_b,
+                               n2_w, n2_b, n2_eps):
+        """Attention's output projection, add & norm, the MLP, add & norm: everything of a layer past attention."""
+        if "add_norm" in self.fusions:
+            x = kernels.add_layer_norm(torch.mm(context, o_w.t()), x, n1_w, n1_b, n1_eps, bias=o_b)
+        else:
+            x = F.layer_norm(F.linear(context, o_w, o_b) + x, self.width, n1_w, n1_b, n1_eps)
+        if "gelu_epilogue" in self.fusions:
+            h = _linear_tanh_gelu(x, up_w, up_b)
+        else:
+            h = act(F.linear(x, up_w, up_b))
+        if "add_norm" in self.fusions:
+            return kernels.add_layer_norm(torch.mm(h, down_w.t()), x, n2_w, n2_b, n2_eps, bias=down_b)
+        return F.layer_norm(F.linear(h, down_w, down_b) + x, self.width, n2_w, n2_b, n2_eps)
+
+
+def _linear_tanh_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation) of x @ weight.T + bias: on CUDA one cuBLASLt product with its GELU_BIAS
+    epilogue; elsewhere the product, then tanh GELU (CPU `_addmm_activation` computes the exact GELU)."""
+    if x.device.type == "cuda":
+        return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
+    return F.gelu(F.linear(x, weight, bias), approximate="tanh")
 
 
 class PackedQwen3:

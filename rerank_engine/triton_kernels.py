@@ -7,9 +7,15 @@ rows are short (2,560 to 12,288 values) and the work is memory-bound, so each
 kernel reads its row once where one block holds it, and otherwise loops over
 column blocks, reading the row again from cache for each later pass.
 
-Arithmetic follows `rerank_engine.fp8`'s recipe in float32: IEEE division and
-square root (`div_rn`, `sqrt_rn`) where the PyTorch fallback divides, so the
-two agree to the last bit wherever their reductions do.
+Arithmetic follows `rerank_engine.fp8_recipe` in float32: IEEE division and
+square root (`div_rn`, `sqrt_rn`) for the per-row figures (scale, rstd) where
+the PyTorch fallback divides; values are quantized by a multiplication with
+the row's reciprocal scale (but in `per_token_quant`, see there), and SiLU
+divides approximately (`/`): an IEEE division per value made the quantizing
+kernels bound by instructions, not bytes. Kernel and fallback agree to the last bit but where a quotient lies
+within float32's last bit of a rounding boundary (one E4M3 step then), and
+`silu_mul_quant`'s `two_pass_exact` method keeps the first-shipped IEEE
+arithmetic for comparison.
 
 `EMULATE_CASTS` is for Triton's CPU interpreter only (TRITON_INTERPRET=1):
 its float32 -> float8e4nv conversion rounds ties away from zero, lets a
@@ -27,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from rerank_engine.fp8 import AMAX_FLOOR, FP8_MAX
+from rerank_engine.fp8_recipe import AMAX_FLOOR, FP8_MAX
 
 _FP8_MAX = tl.constexpr(FP8_MAX)
 _AMAX_FLOOR = tl.constexpr(AMAX_FLOOR)
@@ -69,6 +75,12 @@ def _quantize(y, scale, dtype: tl.constexpr, EMULATE_CASTS: tl.constexpr):
 
 
 @triton.jit
+def _quantize_times(y, inverse_scale, dtype: tl.constexpr, EMULATE_CASTS: tl.constexpr):
+    """`_quantize` by a multiplication with the row's reciprocal scale (one IEEE division per row, not per value)."""
+    return _to_fp8(tl.clamp(y * inverse_scale, -_FP8_MAX, _FP8_MAX), dtype, EMULATE_CASTS)
+
+
+@triton.jit
 def _scale(amax):
     return tl.div_rn(tl.maximum(amax, _AMAX_FLOOR), _FP8_MAX)
 
@@ -107,7 +119,7 @@ def rms_norm_quant_kernel(
         rstd = tl.div_rn(1.0, tl.sqrt_rn(tl.div_rn(tl.sum(x * x, axis=0), n_float) + eps))
         y = x * rstd * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         scale = _scale(tl.max(tl.abs(y), axis=0))
-        tl.store(out_ptr + cols, _quantize(y, scale, out_dtype, EMULATE_CASTS), mask=mask)
+        tl.store(out_ptr + cols, _quantize_times(y, tl.div_rn(1.0, scale), out_dtype, EMULATE_CASTS), mask=mask)
     else:
         squares = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, n_cols, BLOCK):
@@ -124,28 +136,40 @@ def rms_norm_quant_kernel(
             y = x * rstd * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             peaks = tl.maximum(peaks, tl.abs(y))
         scale = _scale(tl.max(peaks, axis=0))
+        inverse = tl.div_rn(1.0, scale)
         for start in range(0, n_cols, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             mask = cols < n_cols
             x = _add_norm_block(x_ptr, residual_ptr, residual_out_ptr, cols, mask, HAS_RESIDUAL, False, EMULATE_CASTS)
             y = x * rstd * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(out_ptr + cols, _quantize(y, scale, out_dtype, EMULATE_CASTS), mask=mask)
+            tl.store(out_ptr + cols, _quantize_times(y, inverse, out_dtype, EMULATE_CASTS), mask=mask)
     tl.store(scale_ptr + row, scale)
 
 
 @triton.jit
-def _silu_mul_block(row_ptr, cols, mask, half):
+def _silu_mul_block(row_ptr, cols, mask, half, FAST: tl.constexpr):
     gate = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(row_ptr + half + cols, mask=mask, other=0.0).to(tl.float32)
+    if FAST:
+        # `/` is the GPU's approximate division (2 ulp; `exp` is approximate either way). IEEE division
+        # costs a few dozen instructions, and SiLU*up is bound by instructions, not bytes, when it
+        # divides twice per value (measured on an H200: 458 us where the bytes take ~85).
+        return gate / (1.0 + tl.exp(-gate)) * up
     return tl.div_rn(gate, 1.0 + tl.exp(-gate)) * up
 
 
 @triton.jit
 def silu_mul_kernel(
     gate_up_ptr, out_ptr, scale_ptr, half, in_stride, out_stride,
-    QUANTIZE: tl.constexpr, BLOCK: tl.constexpr, SINGLE_PASS: tl.constexpr, EMULATE_CASTS: tl.constexpr,
+    QUANTIZE: tl.constexpr, BLOCK: tl.constexpr, SINGLE_PASS: tl.constexpr, FAST: tl.constexpr,
+    EMULATE_CASTS: tl.constexpr,
 ):
-    """silu(gate) * up of one row of [gate | up], stored in bfloat16 or, with QUANTIZE, in E4M3 with its scale."""
+    """silu(gate) * up of one row of [gate | up], stored in bfloat16 or, with QUANTIZE, in E4M3 with its scale.
+
+    A row longer than BLOCK is read twice: once for its largest value, once to quantize (recomputing SiLU*up).
+    FAST: approximate division in SiLU and a reciprocal-scale multiply (the `two_pass` method); without it
+    IEEE division everywhere (`two_pass_exact`, the kernel as first shipped).
+    """
     row = tl.program_id(0).to(tl.int64)
     gate_up_ptr += row * in_stride
     out_ptr += row * out_stride
@@ -154,26 +178,97 @@ def silu_mul_kernel(
         for start in range(0, half, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             mask = cols < half
-            tl.store(out_ptr + cols, _narrow(_silu_mul_block(gate_up_ptr, cols, mask, half), out_dtype, EMULATE_CASTS),
+            tl.store(out_ptr + cols,
+                     _narrow(_silu_mul_block(gate_up_ptr, cols, mask, half, FAST), out_dtype, EMULATE_CASTS),
                      mask=mask)
     elif SINGLE_PASS:
         cols = tl.arange(0, BLOCK)
         mask = cols < half
-        y = _silu_mul_block(gate_up_ptr, cols, mask, half)
+        y = _silu_mul_block(gate_up_ptr, cols, mask, half, FAST)
         scale = _scale(tl.max(tl.abs(y), axis=0))
-        tl.store(out_ptr + cols, _quantize(y, scale, out_dtype, EMULATE_CASTS), mask=mask)
+        if FAST:
+            tl.store(out_ptr + cols, _quantize_times(y, tl.div_rn(1.0, scale), out_dtype, EMULATE_CASTS), mask=mask)
+        else:
+            tl.store(out_ptr + cols, _quantize(y, scale, out_dtype, EMULATE_CASTS), mask=mask)
         tl.store(scale_ptr + row, scale)
     else:
         peaks = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, half, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            peaks = tl.maximum(peaks, tl.abs(_silu_mul_block(gate_up_ptr, cols, cols < half, half)))
+            peaks = tl.maximum(peaks, tl.abs(_silu_mul_block(gate_up_ptr, cols, cols < half, half, FAST)))
         scale = _scale(tl.max(peaks, axis=0))
+        inverse = tl.div_rn(1.0, scale)
         for start in range(0, half, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             mask = cols < half
-            y = _silu_mul_block(gate_up_ptr, cols, mask, half)
-            tl.store(out_ptr + cols, _quantize(y, scale, out_dtype, EMULATE_CASTS), mask=mask)
+            y = _silu_mul_block(gate_up_ptr, cols, mask, half, FAST)
+            if FAST:
+                tl.store(out_ptr + cols, _quantize_times(y, inverse, out_dtype, EMULATE_CASTS), mask=mask)
+            else:
+                tl.store(out_ptr + cols, _quantize(y, scale, out_dtype, EMULATE_CASTS), mask=mask)
+        tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def silu_mul_quant_row_kernel(
+    gate_up_ptr, out_ptr, scale_ptr, half, in_stride, out_stride,
+    HEAD: tl.constexpr, TAIL: tl.constexpr, EMULATE_CASTS: tl.constexpr,
+):
+    """`one_pass`: one row's SiLU*up computed once and held in registers until its scale is known.
+
+    Triton blocks are powers of two, and one block of next_power_of_2(I) columns wastes 40% of its
+    lanes on Qwen3-4B's 9,728 (the slower "whole row in one block" of the 2026-12-01 kernel_bench).
+    Two blocks, HEAD (the largest power of two <= I) and TAIL (a power of two covering the rest),
+    cover 9,728 as 8,192 + 2,048 and 12,288 as 8,192 + 4,096 exactly. Reads each input once.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    gate_up_ptr += row * in_stride
+    out_ptr += row * out_stride
+    out_dtype = out_ptr.dtype.element_ty
+    cols = tl.arange(0, HEAD)
+    mask = cols < half
+    y = _silu_mul_block(gate_up_ptr, cols, mask, half, True)
+    amax = tl.max(tl.abs(y), axis=0)
+    if TAIL > 0:
+        tail_cols = HEAD + tl.arange(0, TAIL)
+        tail_mask = tail_cols < half
+        y_tail = _silu_mul_block(gate_up_ptr, tail_cols, tail_mask, half, True)
+        amax = tl.maximum(amax, tl.max(tl.abs(y_tail), axis=0))
+    scale = _scale(amax)
+    inverse = tl.div_rn(1.0, scale)
+    tl.store(out_ptr + cols, _quantize_times(y, inverse, out_dtype, EMULATE_CASTS), mask=mask)
+    if TAIL > 0:
+        tl.store(out_ptr + tail_cols, _quantize_times(y_tail, inverse, out_dtype, EMULATE_CASTS), mask=tail_mask)
+    tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def silu_mul_peak_kernel(gate_up_ptr, peak_ptr, half, in_stride, tiles, TILE: tl.constexpr):
+    """`split`, first kernel: the largest |SiLU*up| of one tile of one row, into peak[row, tile]."""
+    row = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    cols = tile * TILE + tl.arange(0, TILE)
+    y = _silu_mul_block(gate_up_ptr + row * in_stride, cols, cols < half, half, True)
+    tl.store(peak_ptr + row * tiles + tile, tl.max(tl.abs(y), axis=0))
+
+
+@triton.jit
+def silu_mul_quant_tile_kernel(
+    gate_up_ptr, peak_ptr, out_ptr, scale_ptr, half, in_stride, out_stride, tiles,
+    TILE: tl.constexpr, TILES: tl.constexpr, EMULATE_CASTS: tl.constexpr,
+):
+    """`split`, second kernel: one tile of one row quantized under the row's scale (from all its tiles' peaks)."""
+    row = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    slots = tl.arange(0, TILES)
+    peaks = tl.load(peak_ptr + row * tiles + slots, mask=slots < tiles, other=0.0)
+    scale = _scale(tl.max(peaks, axis=0))
+    cols = tile * TILE + tl.arange(0, TILE)
+    mask = cols < half
+    y = _silu_mul_block(gate_up_ptr + row * in_stride, cols, mask, half, True)
+    tl.store(out_ptr + row * out_stride + cols, _quantize_times(y, tl.div_rn(1.0, scale), out_ptr.dtype.element_ty,
+                                                                 EMULATE_CASTS), mask=mask)
+    if tile == 0:
         tl.store(scale_ptr + row, scale)
 
 
@@ -182,7 +277,9 @@ def per_token_quant_kernel(
     x_ptr, out_ptr, scale_ptr, n_cols, x_stride, out_stride,
     BLOCK: tl.constexpr, SINGLE_PASS: tl.constexpr, EMULATE_CASTS: tl.constexpr,
 ):
-    """Per-token E4M3 quantization of one row."""
+    """Per-token E4M3 quantization of one row, by IEEE division: its input is bf16 as stored, whose few
+    mantissa bits put many quotients exactly on a tie between two E4M3 values, where a reciprocal's
+    last-bit error decides the tie the other way (0.2% of values, tests/engine/test_kernels.py)."""
     row = tl.program_id(0).to(tl.int64)
     x_ptr += row * x_stride
     out_ptr += row * out_stride
@@ -242,3 +339,109 @@ def qk_norm_rope_kernel(
     out = y * cos + rotated * sin
     out_ptrs = out_ptr + token * out_token_stride + head[:, None] * out_head_stride + dim[None, :]
     tl.store(out_ptrs, _narrow(out, out_ptr.dtype.element_ty, EMULATE_CASTS), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# bge-reranker-base (XLM-RoBERTa): the residual add, the output projection's bias and LayerNorm in one pass
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _layer_norm_store(head, tail, rows, row_mask, weight_ptr, bias_ptr, out_ptr, out_stride, n_float, eps,
+                      HEAD: tl.constexpr, TAIL: tl.constexpr, n_cols, EMULATE_CASTS: tl.constexpr):
+    """LayerNorm of float32 rows held as a [ROWS, HEAD] and a [ROWS, TAIL] block (masked lanes hold 0),
+    stored in `out_ptr`'s dtype. Mean first, then the mean squared deviation (two passes over registers,
+    as PyTorch's kernel computes it), eps inside the square root."""
+    cols = tl.arange(0, HEAD)
+    col_mask = cols < n_cols
+    total = tl.sum(head, axis=1)
+    if TAIL > 0:
+        tail_cols = HEAD + tl.arange(0, TAIL)
+        tail_mask = tail_cols < n_cols
+        total += tl.sum(tail, axis=1)
+    mean = tl.div_rn(total, n_float)[:, None]
+    deviation = tl.where(col_mask[None, :], head - mean, 0.0)
+    squares = tl.sum(deviation * deviation, axis=1)
+    if TAIL > 0:
+        tail_deviation = tl.where(tail_mask[None, :], tail - mean, 0.0)
+        squares += tl.sum(tail_deviation * tail_deviation, axis=1)
+    rstd = tl.div_rn(1.0, tl.sqrt_rn(tl.div_rn(squares, n_float) + eps))[:, None]
+    out_dtype = out_ptr.dtype.element_ty
+    weight = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    shift = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    out_rows = out_ptr + rows[:, None] * out_stride
+    tl.store(out_rows + cols[None, :], _narrow(deviation * rstd * weight + shift, out_dtype, EMULATE_CASTS),
+             mask=row_mask[:, None] & col_mask[None, :])
+    if TAIL > 0:
+        weight = tl.load(weight_ptr + tail_cols, mask=tail_mask, other=0.0).to(tl.float32)[None, :]
+        shift = tl.load(bias_ptr + tail_cols, mask=tail_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_rows + tail_cols[None, :],
+                 _narrow(tail_deviation * rstd * weight + shift, out_dtype, EMULATE_CASTS),
+                 mask=row_mask[:, None] & tail_mask[None, :])
+
+
+@triton.jit
+def _sum_block(cols, col_mask, rows, row_mask, y_ptr, y_stride, bias_ptr, residual_ptr, residual_stride,
+               HAS_BIAS: tl.constexpr):
+    mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(y_ptr + rows[:, None] * y_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(residual_ptr + rows[:, None] * residual_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return x
+
+
+@triton.jit(do_not_specialize=["n_rows"])  # one compilation for every token count
+def add_layer_norm_kernel(
+    y_ptr, bias_ptr, residual_ptr, weight_ptr, shift_ptr, out_ptr,
+    n_rows, n_cols, n_float, y_stride, residual_stride, out_stride, eps,
+    HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, EMULATE_CASTS: tl.constexpr,
+):
+    """LayerNorm(y + bias + residual) of ROWS rows, the sum kept in float32 (never rounded to the stream's dtype).
+
+    bge's hidden size 768 is 512 + 256: a HEAD and a TAIL block cover it without masked lanes.
+    """
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < n_rows
+    cols = tl.arange(0, HEAD)
+    head = _sum_block(cols, cols < n_cols, rows, row_mask, y_ptr, y_stride, bias_ptr, residual_ptr,
+                      residual_stride, HAS_BIAS)
+    tail = head
+    if TAIL > 0:
+        tail_cols = HEAD + tl.arange(0, TAIL)
+        tail = _sum_block(tail_cols, tail_cols < n_cols, rows, row_mask, y_ptr, y_stride, bias_ptr, residual_ptr,
+                          residual_stride, HAS_BIAS)
+    _layer_norm_store(head, tail, rows, row_mask, weight_ptr, shift_ptr, out_ptr, out_stride, n_float, eps,
+                      HEAD, TAIL, n_cols, EMULATE_CASTS)
+
+
+@triton.jit
+def _embedding_block(cols, col_mask, rows, row_mask, ids, positions, word_ptr, position_ptr, type_ptr, table_stride):
+    mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(word_ptr + ids[:, None] * table_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(position_ptr + positions[:, None] * table_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(type_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return x
+
+
+@triton.jit(do_not_specialize=["n_rows"])  # one compilation for every token count
+def embed_layer_norm_kernel(
+    ids_ptr, positions_ptr, word_ptr, position_ptr, type_ptr, weight_ptr, shift_ptr, out_ptr,
+    n_rows, n_cols, n_float, table_stride, out_stride, eps,
+    ROWS: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, EMULATE_CASTS: tl.constexpr,
+):
+    """XLM-RoBERTa's embeddings: LayerNorm(word[id] + position[pos] + token_type[0]) of ROWS tokens, in one pass."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < n_rows
+    ids = tl.load(ids_ptr + rows, mask=row_mask, other=0)
+    positions = tl.load(positions_ptr + rows, mask=row_mask, other=0)
+    cols = tl.arange(0, HEAD)
+    head = _embedding_block(cols, cols < n_cols, rows, row_mask, ids, positions, word_ptr, position_ptr, type_ptr,
+                            table_stride)
+    tail = head
+    if TAIL > 0:
+        tail_cols = HEAD + tl.arange(0, TAIL)
+        tail = _embedding_block(tail_cols, tail_cols < n_cols, rows, row_mask, ids, positions, word_ptr,
+                                position_ptr, type_ptr, table_stride)
+    _layer_norm_store(head, tail, rows, row_mask, weight_ptr, shift_ptr, out_ptr, out_stride, n_float, eps,
+                      HEAD, TAIL, n_cols, EMULATE_CASTS)

@@ -11,7 +11,8 @@ The variable must be set before Triton builds the kernels, which is why the
 tests run it in a subprocess. On a CUDA machine the tests also call
 `run_cases` in-process, on the GPU.
 
-The shapes cover rows that fit one block and rows that loop over blocks
+Each method of `silu_mul_quant` (kernels.SILU_MUL_QUANT_METHODS) has cases of its own. The shapes
+cover rows that fit one block and rows that loop over blocks
 (Qwen3-4B's hidden 2,560 and intermediate 9,728, 8B's 4,096 and 12,288, and
 small rows with a forced small block), strided rows, bf16 and float32 inputs,
 an all-zero row, rows that reach E4M3's saturation, and a row laid out so its
@@ -96,6 +97,39 @@ def _qk(tokens, q_heads, kv_heads, head_dim, dtype=torch.bfloat16, extra_columns
     return make
 
 
+def _add_norm(tokens, hidden, dtype=torch.float16, bias=True, stride=None):
+    def make(g):
+        width = stride or hidden
+        inputs = {
+            "y": _randn(g, tokens, width, dtype=dtype, scale=2.0)[:, :hidden],
+            "residual": _randn(g, tokens, width, dtype=dtype, scale=3.0)[:, :hidden],
+            "weight": (torch.rand(hidden, generator=g) + 0.5).to(dtype),
+            "shift": _randn(g, hidden, dtype=dtype, scale=0.1),
+            "eps": 1e-5,
+        }
+        if bias:
+            inputs["bias"] = _randn(g, hidden, dtype=dtype, scale=0.5)
+        return inputs
+
+    return make
+
+
+def _embedding(tokens, hidden, vocab=50, positions=40, dtype=torch.float16):
+    def make(g):
+        return {
+            "ids": torch.randint(0, vocab, (tokens,), generator=g),
+            "positions": torch.randint(2, positions, (tokens,), generator=g),
+            "word": _randn(g, vocab, hidden, dtype=dtype),
+            "position": _randn(g, positions, hidden, dtype=dtype, scale=0.5),
+            "token_type": _randn(g, hidden, dtype=dtype, scale=0.2),
+            "weight": (torch.rand(hidden, generator=g) + 0.5).to(dtype),
+            "shift": _randn(g, hidden, dtype=dtype, scale=0.1),
+            "eps": 1e-5,
+        }
+
+    return make
+
+
 CASES: dict[str, Case] = {
     "rms_norm_quant/bf16-32-residual": Case("rms_norm_quant", _norm_inputs(7, 32)),
     "rms_norm_quant/fp32-100": Case("rms_norm_quant", _norm_inputs(5, 100, torch.float32, residual=False)),
@@ -104,10 +138,24 @@ CASES: dict[str, Case] = {
     "rms_norm_quant/bf16-12288-looped": Case("rms_norm_quant", _norm_inputs(2, 12288)),
     "rms_norm_quant/fp32-300-block64-residual": Case("rms_norm_quant", _norm_inputs(4, 300, torch.float32),
                                                      {"block": 64}),
-    "silu_mul_quant/bf16-100": Case("silu_mul_quant", _gate_up(5, 100)),
-    "silu_mul_quant/bf16-9728-looped": Case("silu_mul_quant", _gate_up(2, 9728)),
-    "silu_mul_quant/fp32-300-block64-strided": Case("silu_mul_quant", _gate_up(4, 300, torch.float32, stride=700),
-                                                    {"block": 64}),
+    "silu_mul_quant/bf16-100": Case("silu_mul_quant", _gate_up(5, 100)),  # the shipped method
+    "silu_mul_quant/one_pass/bf16-9728": Case("silu_mul_quant", _gate_up(2, 9728), {"method": "one_pass"}),
+    "silu_mul_quant/one_pass/bf16-12288": Case("silu_mul_quant", _gate_up(2, 12288), {"method": "one_pass"}),
+    "silu_mul_quant/one_pass/bf16-4096-no-tail": Case("silu_mul_quant", _gate_up(3, 4096), {"method": "one_pass"}),
+    "silu_mul_quant/one_pass/fp32-300-strided": Case("silu_mul_quant", _gate_up(4, 300, torch.float32, stride=700),
+                                                     {"method": "one_pass"}),
+    "silu_mul_quant/one_pass/fp32-300-block64-falls-back": Case(
+        "silu_mul_quant", _gate_up(3, 300, torch.float32), {"method": "one_pass", "block": 64}),
+    "silu_mul_quant/split/bf16-9728": Case("silu_mul_quant", _gate_up(2, 9728), {"method": "split"}),
+    "silu_mul_quant/split/fp32-300-block64-strided": Case(
+        "silu_mul_quant", _gate_up(4, 300, torch.float32, stride=700), {"method": "split", "block": 64}),
+    "silu_mul_quant/two_pass/bf16-9728-looped": Case("silu_mul_quant", _gate_up(2, 9728), {"method": "two_pass"}),
+    "silu_mul_quant/two_pass/fp32-300-block64-strided": Case(
+        "silu_mul_quant", _gate_up(4, 300, torch.float32, stride=700), {"method": "two_pass", "block": 64}),
+    "silu_mul_quant/two_pass_exact/bf16-9728-looped": Case("silu_mul_quant", _gate_up(2, 9728),
+                                                           {"method": "two_pass_exact"}),
+    "silu_mul_quant/two_pass_exact/fp32-300-block64-strided": Case(
+        "silu_mul_quant", _gate_up(4, 300, torch.float32, stride=700), {"method": "two_pass_exact", "block": 64}),
     "silu_mul/bf16-100": Case("silu_mul", _gate_up(5, 100)),
     "silu_mul/bf16-12288": Case("silu_mul", _gate_up(2, 12288)),
     "silu_mul/fp32-300-block64": Case("silu_mul", _gate_up(3, 300, torch.float32), {"block": 64}),
@@ -118,6 +166,13 @@ CASES: dict[str, Case] = {
     "qk_norm_rope/bf16-tiny": Case("qk_norm_rope", _qk(7, 4, 2, 8)),
     "qk_norm_rope/bf16-qwen3-4b-strided": Case("qk_norm_rope", _qk(5, 32, 8, 128, extra_columns=8 * 128)),
     "qk_norm_rope/fp32-head24": Case("qk_norm_rope", _qk(3, 3, 2, 24, torch.float32)),
+    "add_layer_norm/fp16-768-bias": Case("add_layer_norm", _add_norm(9, 768)),  # bge: 512 + 256, 4 rows a program
+    "add_layer_norm/fp16-768-strided-1-row": Case("add_layer_norm", _add_norm(3, 768, stride=800), {"rows_per_program": 1}),
+    "add_layer_norm/fp32-100-no-bias": Case("add_layer_norm", _add_norm(5, 100, torch.float32, bias=False)),
+    "add_layer_norm/bf16-1024-no-tail": Case("add_layer_norm", _add_norm(6, 1024, torch.bfloat16)),
+    "embed_layer_norm/fp16-768": Case("embed_layer_norm", _embedding(11, 768)),
+    "embed_layer_norm/fp32-96-2-rows": Case("embed_layer_norm", _embedding(7, 96, dtype=torch.float32),
+                                            {"rows_per_program": 2}),
 }
 
 

@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM
 
 from rerank_engine.engine import EngineConfig, load_scorer
 from rerank_engine.fp8 import (
-    FP8_DTYPE,
     Fp8Linear,
     Fp8Weight,
     fp8_linear,
@@ -28,8 +27,8 @@ from rerank_engine.fp8 import (
     quantize_linears,
     quantize_per_token,
     quantize_weight,
-    quantize_with_scale,
 )
+from rerank_engine.fp8_recipe import FP8_DTYPE, quantize_with_scale
 from rerank_engine.scoring import Pair
 from tests import tiny_models
 from tests.engine.samples import PANDA, PARIS

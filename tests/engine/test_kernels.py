@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, apply_rotary_pos_emb
 
 from rerank_engine import kernels
-from rerank_engine.fp8 import FP8_DTYPE
+from rerank_engine.fp8_recipe import FP8_DTYPE
 from tests.engine.kernel_cases import CASES, case_inputs, run_cases
 from tests.stack import REPO_ROOT
 
@@ -25,6 +25,7 @@ E4M3_MAX = 448.0
 HALF_STEP = 2.0**-4  # E4M3: 3 mantissa bits, so rounding is within 2^-4 relative
 SUBNORMAL_STEP = 2.0**-9  # E4M3's smallest step, in units of the scale
 BF16_HALF_STEP = 2.0**-8  # bf16: 7 mantissa bits
+FP16_HALF_STEP = 2.0**-11  # fp16: 10 mantissa bits
 
 
 def assert_quantized(values, scale, reference):
@@ -135,6 +136,52 @@ def test_qk_norm_rope_fallback_is_qwen3_q_k_norm_then_rotary(dtype):
     torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
 
 
+def _xlm_roberta_config(hidden=64):
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4,
+                            intermediate_size=4 * hidden, max_position_embeddings=40, type_vocab_size=1,
+                            layer_norm_eps=1e-5, pad_token_id=1)
+
+
+def test_add_layer_norm_fallback_is_xlm_roberta_output_block():
+    """XLMRobertaSelfOutput: LayerNorm(dense(hidden) + input), the dense layer's bias passed apart."""
+    from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaSelfOutput
+
+    torch.manual_seed(5)
+    block = XLMRobertaSelfOutput(_xlm_roberta_config()).eval()
+    with torch.no_grad():
+        block.LayerNorm.weight.copy_(torch.rand(64) + 0.5)
+        block.LayerNorm.bias.copy_(torch.randn(64) * 0.1)
+    hidden, stream = torch.randn(7, 64), torch.randn(7, 64) * 3
+    with torch.no_grad():
+        want = block(hidden, stream)
+        y = hidden @ block.dense.weight.t()
+    got = kernels.add_layer_norm_torch(y, stream, block.LayerNorm.weight, block.LayerNorm.bias,
+                                       block.LayerNorm.eps, bias=block.dense.bias)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not kernels.available(torch.device("cpu"), fp8=False)
+    public = kernels.add_layer_norm(y, stream, block.LayerNorm.weight, block.LayerNorm.bias, block.LayerNorm.eps,
+                                    bias=block.dense.bias)
+    assert torch.equal(public, got)
+
+
+def test_embed_layer_norm_fallback_is_xlm_roberta_embeddings():
+    from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEmbeddings
+
+    torch.manual_seed(6)
+    embeddings = XLMRobertaEmbeddings(_xlm_roberta_config()).eval()
+    ids = torch.tensor([[0, 7, 9, 12, 2, 2, 30, 2]])
+    positions = torch.arange(8)[None] + 2  # what the model derives from ids without padding: from pad_token_id + 1
+    with torch.no_grad():
+        want = embeddings(input_ids=ids, position_ids=positions)[0]
+    got = kernels.embed_layer_norm_torch(ids[0], positions[0], embeddings.word_embeddings.weight,
+                                         embeddings.position_embeddings.weight,
+                                         embeddings.token_type_embeddings.weight[0], embeddings.LayerNorm.weight,
+                                         embeddings.LayerNorm.bias, embeddings.LayerNorm.eps)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_functions_name_bad_inputs():
     with pytest.raises(ValueError, match="contiguous columns"):
         kernels.per_token_quant(torch.randn(8, 4).t())
@@ -146,6 +193,10 @@ def test_kernel_functions_name_bad_inputs():
         kernels.silu_mul(torch.randn(3, 7))
     with pytest.raises(ValueError, match="even head_dim"):
         kernels.qk_norm_rope(torch.randn(2, 3, 5), torch.ones(3, 5), torch.ones(2, 5), torch.ones(2, 5), 1e-6)
+    with pytest.raises(ValueError, match="is not one of one_pass"):
+        kernels.silu_mul_quant(torch.randn(3, 8), method="three_pass")
+    with pytest.raises(ValueError, match=r"bias must be \[8\]"):
+        kernels.add_layer_norm(torch.randn(3, 8), torch.randn(3, 8), torch.ones(8), torch.zeros(8), 1e-5, torch.ones(4))
     with pytest.raises(ValueError, match=r"norm_weight must be \[3, 4\]"):
         kernels.qk_norm_rope(torch.randn(2, 3, 4), torch.ones(2, 4), torch.ones(2, 4), torch.ones(2, 4), 1e-6)
 
@@ -210,12 +261,26 @@ def test_triton_kernel_equals_its_fallback(kernel_results, backend, name):
         if len(got) == 3:
             assert torch.equal(got[2], want[2]), f"{name}: residual stream"
     else:
-        tolerance = 1e-5 if want[0].dtype == torch.float32 else 2 * BF16_HALF_STEP
+        tolerance = {torch.float32: 1e-5, torch.float16: 2 * FP16_HALF_STEP}.get(want[0].dtype, 2 * BF16_HALF_STEP)
         torch.testing.assert_close(got[0].float(), want[0].float(), rtol=tolerance, atol=tolerance, msg=name)
-        if want[0].dtype == torch.bfloat16:
+        if want[0].dtype in (torch.bfloat16, torch.float16):
             # One rounding of nearly equal float32 values: identical but for rare neighbours (truncation: half differ).
             assert (got[0] == want[0]).double().mean() >= 0.99, name
     if "special-rows" in name:
         # Scale exactly 1: the kernel's FP8 conversion met every E4M3 value and tie; all bit for bit.
         assert got[1][2].item() == 1.0
         assert torch.equal(got[0][2].view(torch.uint8), want[0][2].view(torch.uint8))
+
+
+def test_the_recipe_is_imported_one_way():
+    """fp8_recipe imports no other engine module, the kernels never import the FP8 layers' module, and the
+    FP8 layers' module takes its constants from the recipe: no import circle between the three."""
+    code = ("import sys; import rerank_engine.kernels; "
+            "assert 'rerank_engine.fp8' not in sys.modules, 'kernels imported fp8'; "
+            "import rerank_engine.fp8 as f, rerank_engine.fp8_recipe as r; "
+            "assert f.FP8_DTYPE is r.FP8_DTYPE and f.quantize_rows is r.quantize_rows")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    source = (REPO_ROOT / "rerank_engine" / "fp8_recipe.py").read_text()
+    assert "from rerank_engine" not in source and "import rerank_engine" not in source

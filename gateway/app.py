@@ -136,6 +136,7 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
     if keys:
         app.add_middleware(auth.Authenticator, keys=keys, policy=policy)
         auth.document_security(app, policy)
-    app.add_middleware(RequestObserver, metrics=metrics, tracing=tracing.enabled)  # its time spans the rest
+    # Outermost, so its time spans the rest.
+    app.add_middleware(RequestObserver, metrics=metrics, tracing=tracing.enabled, access_log=settings.access_log)
 
     return app

@@ -142,6 +142,11 @@ class GatewaySettings(BaseSettings):
     cache_redis_retry_s: float = Field(
         5.0, gt=0, description="After a Redis failure, how long the cache goes without Redis before trying again."
     )
+    access_log: bool = Field(
+        True,
+        description="One log line per request (gateway.access). About 5% of a worker's time at thousands of small "
+        "requests a second; off where a proxy in front logs them. The metrics count every request either way.",
+    )
     log_level: str = Field("info", description="Log level of the gateway (debug, info, warning, error).")
     switch_coordinator: str = Field(
         "",

@@ -8,6 +8,8 @@ Peer-only routes (`internal`, under /internal/) are `admin`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -57,31 +59,37 @@ async def service(request: Request) -> RerankService:
     return request.app.state.service
 
 
-async def record(request: Request) -> RequestRecord:
-    # Read back after the response, for headers and metrics; it carries the key's name and Cache-Control in.
-    request.state.record = RequestRecord(api_key=getattr(request.state, "api_key", None),
-                                         cache=CachePolicy.from_header(request.headers.get("cache-control")))
-    return request.state.record
+@dataclass(frozen=True)
+class ScoringCall:
+    """What a scoring route needs besides its body: one dependency, not three (each costs FastAPI a resolution
+    step on every request)."""
+
+    service: RerankService
+    record: RequestRecord  # read back after the response, for headers and metrics
+    header_priority: int | None
+
+    def priority(self, body_priority: int | None) -> int:
+        """The body's priority, else the header's, else 0."""
+        return body_priority if body_priority is not None else (self.header_priority or 0)
 
 
-async def header_priority(
+async def scoring_call(
+    request: Request,
     priority: int | None = Header(None, alias=PRIORITY_HEADER, ge=-(2**63), le=2**63 - 1,
                                   description="The request's priority when the body has none (see `priority`)."),
-) -> int | None:
-    return priority
-
-
-def _priority(body_priority: int | None, header: int | None) -> int:
-    return body_priority if body_priority is not None else (header or 0)
+) -> ScoringCall:
+    # The record carries the key's name and Cache-Control in.
+    request.state.record = RequestRecord(api_key=getattr(request.state, "api_key", None),
+                                         cache=CachePolicy.from_header(request.headers.get("cache-control")))
+    return ScoringCall(request.app.state.service, request.state.record, priority)
 
 
 @scored.post("/rerank", response_model=RerankPairResponse | RerankResponse | list[TeiRank],
              response_model_exclude_none=True, tags=["rerank"])
-async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record),
-                 header: int | None = Depends(header_priority)):
+async def rerank(body: RerankAnyRequest, call: ScoringCall = Depends(scoring_call)):
     """The body decides the form: the seed's `{query, document}` -> `{score}`; TEI's `{query, texts}` -> TEI's
     sorted list of `{index, score, text?}`; the list form (`documents`) answers as /v1/rerank."""
-    priority = _priority(getattr(body, "priority", None), header)
+    svc, stats, priority = call.service, call.record, call.priority(getattr(body, "priority", None))
     if isinstance(body, RerankPairRequest):
         return RerankPairResponse(score=await svc.score_pair(body.query, body.document, stats, priority))
     if isinstance(body, TeiRerankRequest):
@@ -91,32 +99,27 @@ async def rerank(body: RerankAnyRequest, svc: RerankService = Depends(service), 
 
 @scored.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
 @scored.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
-async def rerank_documents(
-    body: RerankRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record),
-    header: int | None = Depends(header_priority),
-) -> RerankResponse:
+async def rerank_documents(body: RerankRequest, call: ScoringCall = Depends(scoring_call)) -> RerankResponse:
     """Cohere v1 and v2, Jina, vLLM and Infinity rerank: one query, many documents, results sorted by relevance."""
-    return await svc.rerank(body, stats, _priority(body.priority, header))
+    return await call.service.rerank(body, call.record, call.priority(body.priority))
 
 
 @scored.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True, tags=["rerank"])
 @scored.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, tags=["rerank"])
-async def score(body: ScoreRequest, svc: RerankService = Depends(service), stats: RequestRecord = Depends(record),
-                header: int | None = Depends(header_priority)):
+async def score(body: ScoreRequest, call: ScoringCall = Depends(scoring_call)):
     """Scores of arbitrary pairs, in request order (vLLM's text_1/text_2, queries/documents or items, data_1/data_2)."""
-    return await svc.score(body, stats, _priority(body.priority, header))
+    return await call.service.score(body, call.record, call.priority(body.priority))
 
 
 @scored.post("/invocations", response_model=RerankResponse | ScoreResponse, response_model_exclude_none=True,
              tags=["rerank"])
-async def invocations(body: InvocationRequest, svc: RerankService = Depends(service),
-                      stats: RequestRecord = Depends(record), header: int | None = Depends(header_priority)):
+async def invocations(body: InvocationRequest, call: ScoringCall = Depends(scoring_call)):
     """SageMaker's route, as vLLM serves it: a rerank body (`query`, `documents`) answers as /v1/rerank, any other
     body as /score."""
-    priority = _priority(body.priority, header)
+    priority = call.priority(body.priority)
     if isinstance(body, RerankRequest):
-        return await svc.rerank(body, stats, priority)
-    return await svc.score(body, stats, priority)
+        return await call.service.rerank(body, call.record, priority)
+    return await call.service.score(body, call.record, priority)
 
 
 @admin.post("/switch_model", response_model=SwitchModelResponse, tags=["models"])

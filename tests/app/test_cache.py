@@ -6,6 +6,8 @@ while the cache is off."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import tritonclient.http
 
@@ -34,10 +36,19 @@ async def cached(triton):
 
 
 def rows_scored(triton, model: str = "minilm-l6") -> int:
-    """Rows Triton has run for `model` since it was loaded: its own statistics, not the gateway's."""
+    """Rows Triton has run for `model` since it was loaded: its own statistics, not the gateway's. The model
+    answers before its `execute` returns, and Triton counts a batch when it does: read until two reads agree."""
     client = tritonclient.http.InferenceServerClient(f"127.0.0.1:{triton.ports['http']}")
     try:
-        return int(client.get_inference_statistics(model)["model_stats"][0]["inference_count"])
+        count = lambda: int(client.get_inference_statistics(model)["model_stats"][0]["inference_count"])  # noqa: E731
+        last, deadline = count(), time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = count()
+            if now == last:
+                return now
+            last = now
+        return last
     finally:
         client.close()
 

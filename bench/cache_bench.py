@@ -51,6 +51,7 @@ from bench.loadgen import percentile
 from bench.models import MODEL_REPOSITORY, REPO_ROOT, resolve
 from bench.workload import WORDS
 from launcher.process import free_ports, stop, wait_until_live
+from tests.stack import start_redis  # the tests' own way to run one, also for the benchmark
 
 POOL = 150
 """Candidate documents per query."""
@@ -136,27 +137,6 @@ class Processes:
 
     def close(self) -> None:
         stop(self.triton, signal.SIGINT)
-
-
-def start_redis(binary: str, log_dir: Path) -> tuple[subprocess.Popen, str]:
-    (port,) = free_ports(1)
-    process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                                "--dir", str(log_dir)], stdout=(log_dir / "redis.log").open("w"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    import socket
-
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-                connection.sendall(b"PING\r\n")
-                if connection.recv(16).startswith(b"+PONG"):
-                    return process, f"redis://127.0.0.1:{port}"
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server did not start: {(log_dir / 'redis.log').read_text()[-2000:]}")
-        time.sleep(0.05)
 
 
 async def run_workload(url: str, requests: list[Request], concurrency: int) -> dict:
@@ -304,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{name}: skipped, no {args.redis_server}", flush=True)
                         continue
                     try:
-                        redis, env["RERANKER_CACHE_URL"] = start_redis(binary, log_dir)
+                        server = start_redis(log_dir, binary=binary)
+                        redis, env["RERANKER_CACHE_URL"] = server.process, f"redis://127.0.0.1:{server.ports['redis']}"
                     except (OSError, RuntimeError) as exc:  # a carried binary that cannot run here
                         runs[name] = {"skipped": f"{binary} did not start: {exc}"[:300]}
                         print(f"{name}: skipped, {runs[name]['skipped']}", flush=True)

@@ -58,14 +58,14 @@ for name in "$@"; do
         --processes "${SEED_PROCESSES:-4}" --duration "${SEED_DURATION:-20}" --level c1 --level seed:200 \
         --level seed:1000 --level mixed:200 --check-generator --switch "${SEED_SWITCH:-qwen3-reranker-8b-fp8,bge}" \
         --profile --out "$RESULTS/seed-load" ;;
-    seed-load-ab)  # issue 24: the gateway's workers and coalescing, and Triton's batching, one stack each
-      python -m bench.repo_variant --out /tmp/repo-noprio --no-priority --max-queue-delay-us 0 >/dev/null
-      for variant in ${SEED_VARIANTS:-w8 w8-plain w1 w8-noprio}; do
+    seed-load-ab)  # issue 24: the gateway's workers and coalescing, and Triton's max_queue_delay, one stack each
+      python -m bench.repo_variant --out /tmp/repo-delay0 --max-queue-delay-us 0 >/dev/null
+      for variant in ${SEED_VARIANTS:-w8 w1 w8-plain w8-delay0}; do
         case "$variant" in
           w8) seed_variant w8 model_repository RERANKER_WORKERS=8 ;;
           w8-plain) seed_variant w8-plain model_repository RERANKER_WORKERS=8 RERANKER_COALESCE_MAX_ROWS=0 ;;
           w1) seed_variant w1 model_repository RERANKER_WORKERS=1 RERANKER_COALESCE_MAX_ROWS=0 ;;
-          w8-noprio) seed_variant w8-noprio /tmp/repo-noprio RERANKER_WORKERS=8 ;;
+          w8-delay0) seed_variant w8-delay0 /tmp/repo-delay0 RERANKER_WORKERS=8 ;;  # Triton's batcher waits for nobody
           w8-return)  # AB_MODEL_FILE: a reranker_model.py that returns its responses after the telemetry
             python -m bench.repo_variant --out /tmp/repo-return --model-file "$AB_MODEL_FILE" >/dev/null
             seed_variant w8-return /tmp/repo-return RERANKER_WORKERS=8 ;;

@@ -309,7 +309,8 @@ class GpuUtilisation:
     def __enter__(self) -> "GpuUtilisation":
         try:
             self._process = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200", "-i", "0"],
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200",
+                 "-i", "0"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except OSError:
             return self
@@ -439,7 +440,8 @@ def run_switch_level(url: str, models: list[str], processes: int, warmup_s: floa
             try:
                 with urllib.request.urlopen(request, timeout=timeout_s) as response:
                     answer = json.loads(response.read())
-                    switches.append({"model": model, "status": response.status, "seconds": round(time.time() - begun, 2),
+                    switches.append({"model": model, "status": response.status,
+                                     "seconds": round(time.time() - begun, 2),
                                      "load_time_s": answer.get("load_time_s")})
             except Exception as exc:
                 switches.append({"model": model, "status": None, "error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -515,7 +517,8 @@ def main(argv: list[str] | None = None) -> dict:
     profiled = False
     try:
         for spec in args.level:
-            runs = [args.processes, 2 * args.processes] if args.check_generator and spec.clients > 1 else [args.processes]
+            doubled = args.check_generator and spec.clients > 1
+            runs = [args.processes, 2 * args.processes] if doubled else [args.processes]
             for processes in runs:
                 profile_to = out if args.profile and spec.name.startswith("seed") and not profiled else None
                 profiled = profiled or profile_to is not None

@@ -120,7 +120,8 @@ class GatewayMetrics:
             "(RERANKER_COALESCE_MAX_ROWS).", buckets=COALESCED_BUCKETS, registry=r,
         )
         self.cluster_generation = Gauge(
-            "reranker_cluster_generation", "Generation of the cluster state this gateway serves by (gateway.fleet.cluster; "
+            "reranker_cluster_generation",
+            "Generation of the cluster state this gateway serves by (gateway.fleet.cluster; "
             "0 alone or before the first): gateways of one cluster that differ for long have missed a switch.",
             registry=r, multiprocess_mode="livemin",
         )
@@ -136,12 +137,14 @@ class GatewayMetrics:
             "model's fingerprint is not confirmed since its (re)load (unconfirmed), or hits scored again because the "
             "model answered with another fingerprint (stale).", ["reason"], registry=r,
         )
-        self.cache_entries = Gauge("reranker_cache_entries", "Entries of this process's in-process cache tier.",
-                                   registry=r)
-        self.cache_bytes = Gauge("reranker_cache_bytes", "Bytes held by this process's in-process cache tier.",
-                                 registry=r)
-        self.cache_evictions = Counter("reranker_cache_evictions_total",
-                                       "Entries the in-process tier dropped for room (least recently used).", registry=r)
+        # Summed over the live workers: each has its own in-process tier.
+        self.cache_entries = Gauge("reranker_cache_entries", "Entries of the in-process cache tiers.",
+                                   registry=r, multiprocess_mode="livesum")
+        self.cache_bytes = Gauge("reranker_cache_bytes", "Bytes held by the in-process cache tiers.",
+                                 registry=r, multiprocess_mode="livesum")
+        self.cache_evictions = Counter(
+            "reranker_cache_evictions_total", "Entries the in-process tier dropped for room (least recently used).",
+            registry=r)
         self.cache_redis_errors = Counter(
             "reranker_cache_redis_errors_total", "Redis calls of the score cache that failed or timed out, by "
             "operation (get, set, ping; set_dropped: writes dropped while too many were in flight).",
@@ -149,7 +152,8 @@ class GatewayMetrics:
         )
         self.cache_redis_up = Gauge(
             "reranker_cache_redis_up", "1 while the score cache uses its Redis, 0 while its circuit breaker is open "
-            "after a failure; 0 without Redis.", registry=r,
+            "after a failure; 0 without Redis (with workers: 0 if any live worker's breaker is open).", registry=r,
+            multiprocess_mode="livemin",
         )
         for tier in ("memory", "redis"):
             self.cache_hits.labels(tier)

@@ -33,7 +33,6 @@ import socket
 import sys
 import tempfile
 import threading
-from pathlib import Path
 
 from pydantic import SecretStr
 

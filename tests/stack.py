@@ -107,10 +107,10 @@ def start_dns_server(records: Path, log: Path) -> Process:
     return server
 
 
-def start_redis(folder: Path, port: int | None = None) -> Process:
-    """Debian's `redis-server` on a free loopback port (or `port`: the same one again after a stop),
-    in memory only, with its log in `folder`."""
-    binary = shutil.which("redis-server")
+def start_redis(folder: Path, port: int | None = None, binary: str | None = None) -> Process:
+    """Debian's `redis-server` (or `binary`) on a free loopback port (or `port`: the same one again after a
+    stop), in memory only, with its log in `folder`."""
+    binary = binary or shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: apt-get install redis-server (./run.sh test installs it)")
     port = port or free_ports(1)[0]

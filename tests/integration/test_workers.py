@@ -144,3 +144,40 @@ async def test_the_metrics_add_up_across_workers(workers):
     assert served(httpx.get(f"{url}/metrics").text) - before == 40
     answered_by = re.findall(r"worker (\d) gateway\.access: .* POST /rerank 200", log.read_text())[lines_before:]
     assert len(answered_by) == 40 and set(answered_by) == {"0", "1"}
+
+
+async def test_switches_under_load_through_both_workers_fail_nothing(workers, reference):
+    url, internal, _ = workers
+    expected = {model: reference(model, [Pair(QUERY, d) for d in DOCUMENTS]) for model in ("minilm-l6",
+                                                                                         "bge-reranker-base")}
+    failures: list[str] = []
+    served = {"minilm-l6": 0, "bge-reranker-base": 0}
+    stop = asyncio.Event()
+
+    async def client(index: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            while not stop.is_set():
+                document = index % len(DOCUMENTS)
+                answer = await http.post("/v1/rerank", json={"query": QUERY, "documents": [DOCUMENTS[document]]})
+                if answer.status_code != 200:
+                    failures.append(f"{answer.status_code}: {answer.text[:200]}")
+                    continue
+                body = answer.json()
+                served[body["model"]] += 1
+                if abs(body["results"][0]["relevance_score"] - expected[body["model"]][document]) > 1e-5:
+                    failures.append(f"{body['model']} scored document {document} unlike the engine")
+
+    clients = [asyncio.create_task(client(i)) for i in range(12)]
+    try:
+        async with httpx.AsyncClient(timeout=600) as admin:
+            # Through the follower, then the coordinator, then the public port: every way a switch can come in.
+            for through, model in ((internal[1], "bge"), (internal[0], "minilm"), (url, "bge"), (url, "minilm")):
+                await asyncio.sleep(1.0)
+                switched = await admin.post(f"{through}/switch_model", json={"model_name": model})
+                assert switched.status_code == 200, switched.text
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+    assert failures == [], failures[:5]
+    assert served["minilm-l6"] > 0 and served["bge-reranker-base"] > 0, served

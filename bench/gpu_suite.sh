@@ -66,9 +66,6 @@ for name in "$@"; do
           w8-plain) seed_variant w8-plain model_repository RERANKER_WORKERS=8 RERANKER_COALESCE_MAX_ROWS=0 ;;
           w1) seed_variant w1 model_repository RERANKER_WORKERS=1 RERANKER_COALESCE_MAX_ROWS=0 ;;
           w8-delay0) seed_variant w8-delay0 /tmp/repo-delay0 RERANKER_WORKERS=8 ;;  # Triton's batcher waits for nobody
-          w8-return)  # AB_MODEL_FILE: a reranker_model.py that returns its responses after the telemetry
-            python -m bench.repo_variant --out /tmp/repo-return --model-file "$AB_MODEL_FILE" >/dev/null
-            seed_variant w8-return /tmp/repo-return RERANKER_WORKERS=8 ;;
           w8-unbounded) seed_variant w8-unbounded model_repository RERANKER_WORKERS=8 RERANKER_COALESCE_MAX_IN_FLIGHT=64 ;;
           *) echo "unknown seed variant $variant" >&2 ;;
         esac

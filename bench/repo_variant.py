@@ -31,15 +31,12 @@ def rewrite(text: str, no_priority: bool, max_queue_delay_us: int | None) -> str
 
 
 def make(out: Path, no_priority: bool, max_queue_delay_us: int | None,
-         source: Path = REPO_ROOT / "model_repository", model_file: Path | None = None) -> Path:
-    """`model_file`: another version of reranker_model.py (the file every model links to)."""
+         source: Path = REPO_ROOT / "model_repository") -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(source, out, symlinks=True)  # each 1/model.py stays a link to the copy's reranker_model.py
     for config in [*out.glob("*/config.pbtxt"), *out.glob("*/configs/*.pbtxt")]:
         config.write_text(rewrite(config.read_text(), no_priority, max_queue_delay_us))
-    if model_file is not None:
-        shutil.copy(model_file, out / "reranker_model.py")
     return out
 
 
@@ -48,9 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-priority", action="store_true")
     parser.add_argument("--max-queue-delay-us", type=int)
-    parser.add_argument("--model-file", type=Path, help="a reranker_model.py to serve instead of the checkout's")
     args = parser.parse_args(argv)
-    print(make(args.out, args.no_priority, args.max_queue_delay_us, model_file=args.model_file))
+    print(make(args.out, args.no_priority, args.max_queue_delay_us))
 
 
 if __name__ == "__main__":

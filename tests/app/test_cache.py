@@ -36,8 +36,8 @@ async def cached(triton):
 
 
 def rows_scored(triton, model: str = "minilm-l6") -> int:
-    """Rows Triton has run for `model` since it was loaded: its own statistics, not the gateway's. The model
-    answers before its `execute` returns, and Triton counts a batch when it does: read until two reads agree."""
+    """Rows Triton has run for `model` since it was loaded: its own statistics, not the gateway's. Triton
+    counts a batch after it has sent the batch's responses: read until two reads agree."""
     client = tritonclient.http.InferenceServerClient(f"127.0.0.1:{triton.ports['http']}")
     try:
         count = lambda: int(client.get_inference_statistics(model)["model_stats"][0]["inference_count"])  # noqa: E731

@@ -137,6 +137,6 @@ def create_app(settings: GatewaySettings | None = None, tracer_provider: TracerP
         app.add_middleware(auth.Authenticator, keys=keys, policy=policy)
         auth.document_security(app, policy)
     # Outermost, so its time spans the rest.
-    app.add_middleware(RequestObserver, metrics=metrics, tracing=tracing.enabled, access_log=settings.access_log)
+    app.add_middleware(RequestObserver, metrics=metrics, tracing=tracing.enabled, log_access=settings.access_log)
 
     return app

@@ -44,11 +44,11 @@ access_log = logging.getLogger("gateway.access")
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, tracing: bool = False, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, tracing: bool = False, log_access: bool = True) -> None:
         self.app = app
         self.metrics = metrics
         self.tracing = tracing
-        self.access_log = access_log
+        self.log_access = log_access  # the module's `access_log` is the logger it writes to
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +87,7 @@ class RequestObserver:
             rejection = state.get("error_type") or REFUSAL_REASONS.get(status, f"http_{status}")
         record = state.get("record")
         self.metrics.observe(path, status, answered["seconds"], record, rejection)
-        if self.access_log and access_log.isEnabledFor(logging.INFO):
+        if self.log_access and access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(
                 "%s %s %s %d %.1fms model=%s documents=%s key=%s error=%s trace_id=%s",

@@ -62,7 +62,8 @@ def served(triton, tmp_path_factory):
         assert httpx.post(f"{gateway.url()}/v1/rerank", json={"query": "", "documents": ["x"]}).status_code == 422
         assert httpx.post(f"{gateway.url()}/switch_model", json={"model_name": "bge"}, timeout=300).status_code == 200
         assert httpx.post(f"{gateway.url()}/rerank", json={"query": "q", "document": "d"}, timeout=60).status_code == 200
-        # Triton sends the responses before it has passed on every metric of the batch: wait for its record.
+        # The batch's metrics reach Triton's endpoint through the stub's messages to its parent: wait until they
+        # show rather than assume their order against the response.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not value(
                 sample_values(f"http://127.0.0.1:{triton.ports['metrics']}/metrics"), "reranker_model_pairs_total",
